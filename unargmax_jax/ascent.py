@@ -1,0 +1,81 @@
+"""Stage 2: differentiable margin ascent over a top-k competitor set.
+
+Maximises the smoothed margin
+
+.. math:: f_\\tau(x) = z_i(x) - \\tau \\log \\sum_{j \\in S} \\exp(z_j(x) / \\tau)
+
+over X with Adam and projection, annealing :math:`\\tau` geometrically. The softmax
+weights :math:`\\lambda = \\mathrm{softmax}(z_S(x)/\\tau)` are dual iterates of the saddle
+problem of DESIGN.md section 2, so their running average is a certificate candidate.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float
+
+from . import bounds
+from . import domains as dom
+
+
+class AscentResult(NamedTuple):
+    x: Float[Array, " d"]  # best point seen (by hard margin over S)
+    margin: Float[Array, ""]  # hard margin over S at x
+    weights: Float[Array, " k"]  # averaged softmax weights over S (sum 1)
+
+
+def margin_ascent(
+    w_own: Float[Array, " d"],
+    b_own: Float[Array, ""],
+    rows: Float[Array, "k d"],
+    biases: Float[Array, " k"],
+    x0: Float[Array, " d"],
+    domain: dom.Domain,
+    *,
+    steps: int,
+    learning_rate: float,
+) -> AscentResult:
+    """Projected Adam on the smoothed margin for one token against rows S.
+
+    The temperature runs from 10% to 1e-5 of the token's logit-gap scale; weights are
+    averaged over the second half of the run, where the temperature is small.
+    """
+    dtype = rows.dtype
+    diffs = w_own - rows
+    extent_norm = jnp.linalg.norm(dom.extent(domain))
+    scale = jnp.max(jnp.linalg.norm(diffs, axis=1)) * extent_norm + jnp.max(jnp.abs(b_own - biases))
+    scale = jnp.maximum(scale, jnp.finfo(dtype).tiny)
+    schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3)
+    optimiser = optax.adam(schedule)
+
+    def gaps(x):
+        return jnp.matmul(diffs, x, precision=bounds.HIGHEST) + (b_own - biases)
+
+    def smoothed(x, tau):
+        # z_i - tau * logsumexp(z_S / tau) written on the gaps z_i - z_j for stability.
+        return tau * jax.nn.logsumexp(-gaps(x) / tau) * -1.0
+
+    def step(t, carry):
+        x, state, best_x, best_m, weight_sum = carry
+        tau = scale * 0.1 * (1e-4) ** (t / steps)
+        grad = jax.grad(smoothed)(x, tau)
+        updates, state = optimiser.update(-grad, state, x)
+        x = dom.project(domain, optax.apply_updates(x, updates))
+        g = gaps(x)
+        margin = jnp.min(g)
+        better = margin > best_m
+        best_x = jnp.where(better, x, best_x)
+        best_m = jnp.where(better, margin, best_m)
+        lam = jax.nn.softmax(-g / tau)
+        weight_sum = weight_sum + jnp.where(t >= steps // 2, lam, 0.0)
+        return x, state, best_x, best_m, weight_sum
+
+    x0 = dom.project(domain, x0)
+    init = (x0, optimiser.init(x0), x0, jnp.min(gaps(x0)), jnp.zeros(rows.shape[0], dtype))
+    _, _, best_x, best_m, weight_sum = jax.lax.fori_loop(0, steps, step, init)
+    return AscentResult(best_x, best_m, weight_sum / jnp.maximum(jnp.sum(weight_sum), jnp.finfo(dtype).tiny))
+

@@ -1,0 +1,480 @@
+"""Orchestration: twins, chunks, stages, time limit and progress for a whole head.
+
+``check`` runs, for the tokens still undecided after each stage:
+
+1. ``screen``: candidate points per token, one blocked product per candidate;
+2. ``ascent``: smoothed-margin ascent (optax) over the top-k competitors;
+3. ``pdhg``: restarted PDHG rounds with row generation (fixed-capacity competitor
+   sets refreshed from a full-head evaluation between rounds);
+4. ``rational``: exact rational LP on a few candidate rows for margins that no
+   floating-point bound can sign (exactly 0, e.g. rows inside the hull without bias).
+
+Every verdict rests on a rigorous bound (``bounds``) or an exact computation
+(``rational``); a token that no stage decides within the limits stays ``undecided``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import ascent as ascent_mod
+from . import bounds, pdhg, rational, screen
+from . import domains as dom
+from .report import Report, head_sha256
+
+STAGES = ("screen", "ascent", "pdhg", "rational")
+
+
+class Settings(NamedTuple):
+    ties: str = "strict"
+    seed: int = 0
+    chunk_size: int = 128
+    competitors: int = 0  # 0: automatic, max(32, 2 (d + 1)) capped by C - 1
+    braid_steps: int = 0
+    ascent_steps: int = 300
+    pdhg_rounds: int = 8
+    pdhg_iterations: int = 4000
+    rational_max_dim: int = 64
+    rational_seconds: float = 60.0
+    free_box_radius: float = 1e4
+    max_seconds: float | None = None
+
+
+class _Progress:
+    """A one-line progress indicator on stderr with an ETA, silent unless enabled."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.start = time.monotonic()
+
+    def update(self, stage: str, done: int, total: int):
+        if not self.enabled or total == 0:
+            return
+        elapsed = time.monotonic() - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        sys.stderr.write(f"\r{stage:>8}: {done}/{total} tokens  {elapsed:6.1f}s  eta {eta:6.1f}s ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def find_twins(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Group bit-identical (row, bias) pairs.
+
+    Returns ``(representative, inverse)``: ``representative[u]`` is the lowest token id
+    of unique row u, and ``inverse[i]`` the unique row of token i.
+    """
+    rows = np.asarray(W, np.float64) + 0.0  # +0.0 folds -0.0 into 0.0: equal logits
+    if b is not None:
+        rows = np.concatenate([rows, np.asarray(b, np.float64)[:, None] + 0.0], axis=1)
+    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    relabel = np.empty_like(order)
+    relabel[order] = np.arange(order.size)
+    return first[order], relabel[inverse.reshape(-1)]
+
+
+def _device_dtype():
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def _domain_on_device(domain: dom.Domain, dtype) -> dom.Domain:
+    return type(domain)(*(jnp.asarray(v, dtype) for v in domain))
+
+
+class _Head(NamedTuple):
+    W: jax.Array
+    b: jax.Array
+    norms: jax.Array
+
+
+@partial(jax.jit, static_argnames=("num_top",))
+def _screen_chunk(head: _Head, ids, domain, extra, *, num_top):
+    points = screen.starting_points(head.W[ids], domain)
+    points = jnp.concatenate([points, extra[:, None, :]], axis=1)
+    best = None
+    for m in range(points.shape[1]):
+        result = bounds.witness_bounds(head.W, head.b, head.norms, ids, points[:, m], num_top=num_top)
+        if best is None:
+            best = (points[:, m], result)
+        else:
+            better = result.lower > best[1].lower
+            best = (
+                jnp.where(better[:, None], points[:, m], best[0]),
+                jax.tree_util.tree_map(lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+                                       result, best[1]),
+            )
+    return best
+
+
+@partial(jax.jit, static_argnames=("num_top", "steps"))
+def _braid_chunk(head: _Head, ids, x, domain, *, num_top, steps):
+    x = screen.braid_reflect(head.W, head.b, ids, x, domain, steps=steps)
+    return x, bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
+
+
+@partial(jax.jit, static_argnames=("steps", "learning_rate", "num_top"))
+def _ascent_chunk(head: _Head, ids, support, x0, domain, *, steps, learning_rate, num_top):
+    solve = partial(ascent_mod.margin_ascent, steps=steps, learning_rate=learning_rate)
+    result = jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, None))(
+        head.W[ids], head.b[ids], head.W[support], head.b[support], x0, domain)
+    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, result.weights)
+    return result.x, witness, result.weights, upper
+
+
+@partial(jax.jit, static_argnames=("max_iterations", "tolerance", "num_top"))
+def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, domain, *, max_iterations, tolerance, num_top):
+    problems = jax.vmap(pdhg.restrict)(head.W[ids], head.b[ids], head.W[support], head.b[support])
+    solve = partial(pdhg.solve, max_iterations=max_iterations, tolerance=tolerance)
+    result = jax.vmap(solve, in_axes=(0, 0, 0, 0, None))(problems, x0, lam0, omega0, domain)
+    weights = result.lam / problems.row_scale
+    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, weights)
+    return result, witness, weights, upper
+
+
+def _refresh_support(top, support, lam, *, keep):
+    """New competitor sets: rows carrying dual weight first, then the strongest at x."""
+    k = support.shape[1]
+    keep_ids = np.where(lam > keep, support, -1)
+    out = np.empty_like(support)
+    for r in range(support.shape[0]):
+        kept = [int(j) for j in keep_ids[r] if j >= 0]
+        seen = set(kept)
+        for j in top[r]:
+            if len(kept) >= k:
+                break
+            if int(j) not in seen:
+                kept.append(int(j))
+                seen.add(int(j))
+        for j in support[r]:
+            if len(kept) >= k:
+                break
+            if int(j) not in seen:
+                kept.append(int(j))
+                seen.add(int(j))
+        out[r] = kept[:k]
+    return out
+
+
+def _chunks(ids: np.ndarray, size: int):
+    """Fixed-size chunks (the last padded by repeating its first id) with a validity mask."""
+    for start in range(0, ids.size, size):
+        part = ids[start:start + size]
+        valid = part.size
+        if valid < size:
+            part = np.concatenate([part, np.full(size - valid, part[0], part.dtype)])
+        yield part, valid
+
+
+def check(
+    W,
+    b=None,
+    domain: dom.Domain = dom.Box(-100.0, 100.0),
+    *,
+    ties: str = "strict",
+    seed: int = 0,
+    chunk_size: int = 128,
+    max_seconds: float | None = None,
+    progress: bool = False,
+    **options,
+) -> Report:
+    """Decide, with proof, whether each token of the head ``z = W x + b`` can be the argmax on X.
+
+    Args:
+        W: weights, shape ``(C, d)``.
+        b: optional bias, shape ``(C,)``.
+        domain: ``Box`` (default ``[-100, 100]^d``), ``Ball`` or ``Free``.
+        ties: ``"strict"`` (an exact duplicate row is unargmaxable) or ``"first"``
+            (lowest index wins a tie, as ``jnp.argmax`` does).
+        seed: PRNG seed for the random starting points.
+        chunk_size: tokens per batch.
+        max_seconds: stop starting new work after this long; the rest stays undecided.
+        progress: print a progress line with an ETA on stderr.
+        **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_rounds``, ...).
+
+    Returns:
+        A :class:`~unargmax_jax.report.Report` with a verdict, proved bounds and evidence
+        for every token.
+    """
+    from .heads import validate_head
+
+    start = time.monotonic()
+    W_np, b_np = validate_head(W, b)
+    if ties not in ("strict", "first"):
+        raise ValueError(f"ties must be 'strict' or 'first', got {ties!r}")
+    unknown = set(options) - set(Settings._fields)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; expected some of {list(Settings._fields)}")
+    if not (isinstance(chunk_size, int) and chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    settings = Settings(ties=ties, seed=seed, chunk_size=chunk_size, max_seconds=max_seconds, **options)
+    C, d = W_np.shape
+    user_domain = dom.validate(domain, d)
+    solve_domain = dom.resolve_free(b_np is not None, d, settings.free_box_radius) if isinstance(user_domain, dom.Free) else user_domain
+    deadline = start + max_seconds if max_seconds is not None else float("inf")
+    reporter = _Progress(progress)
+
+    representative, inverse = find_twins(W_np, b_np)
+    n_unique = representative.size
+    Wu = W_np[representative]
+    bu = b_np[representative] if b_np is not None else None
+
+    state = _solve_unique(Wu, bu, solve_domain, settings, deadline, reporter,
+                          require_exact_certificates=isinstance(user_domain, dom.Free))
+    reporter.close()
+
+    report = _assemble(W_np, b_np, user_domain, solve_domain, settings, representative, inverse, state)
+    report.seconds = time.monotonic() - start
+    report.stage_seconds = state["seconds"]
+    if n_unique < C:
+        report.notes.append(f"{C - n_unique} token(s) duplicate another token's row and bias exactly")
+    if isinstance(user_domain, dom.Free):
+        report.notes.append("domain is all of R^d: only verdicts are meaningful; margins are on "
+                            f"{dom.to_json(solve_domain)} (solved_on)")
+    return report
+
+
+def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, require_exact_certificates):
+    """Run the stages on a head without duplicate rows; returns per-token evidence."""
+    U, d = W.shape
+    dtype = _device_dtype()
+    verdict = np.zeros(U, np.int8)
+    lower = np.full(U, -np.inf)
+    upper = np.full(U, np.inf)
+    stage = np.array(["none"] * U, dtype=object)
+    witness = np.zeros((U, d))
+    cert_support: dict[int, np.ndarray] = {}
+    cert_weights: dict[int, np.ndarray] = {}
+    cert_rational: dict[int, list] = {}
+    seconds = {name: 0.0 for name in STAGES}
+    if U == 1:
+        verdict[0], lower[0], upper[0], stage[0] = 1, np.inf, np.inf, "screen"
+        witness[0] = np.asarray(dom.project(domain, jnp.zeros(d)))
+        return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness,
+                    cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
+
+    head = _Head(jnp.asarray(W, dtype), jnp.asarray(np.zeros(U) if b is None else b, dtype),
+                 jnp.linalg.norm(jnp.asarray(W, dtype), axis=1))
+    ddomain = _domain_on_device(domain, dtype)
+    k = settings.competitors or max(32, 2 * (d + 1))
+    k = int(min(k, U - 1, 1024))
+    B = int(min(settings.chunk_size, U))
+    top = np.zeros((U, k), np.int64)
+    key = jax.random.PRNGKey(settings.seed)
+    rng_scale = np.asarray(dom.extent(ddomain))
+
+    def record_witness(ids, valid, x, wb, name):
+        ids = ids[:valid]
+        L = np.asarray(wb.lower, np.float64)[:valid]
+        top[ids] = np.asarray(wb.top)[:valid]
+        improve = L > lower[ids]
+        lower[ids] = np.where(improve, L, lower[ids])
+        witness[ids[improve]] = np.asarray(x, np.float64)[:valid][improve]
+        newly = (L > 0) & (verdict[ids] == 0)
+        verdict[ids[newly]] = 1
+        stage[ids[newly]] = name
+
+    def record_certificate(ids, valid, support, weights, U_rig, name):
+        ids = ids[:valid]
+        U_rig = np.asarray(U_rig, np.float64)[:valid]
+        support = np.asarray(support)[:valid]
+        weights = np.asarray(weights, np.float64)[:valid]
+        for r, i in enumerate(ids):
+            if U_rig[r] < upper[i]:
+                upper[i] = U_rig[r]
+                nz = weights[r] > 0
+                cert_support[i] = support[r][nz]
+                cert_weights[i] = weights[r][nz]
+            if U_rig[r] <= 0 and verdict[i] == 0 and not require_exact_certificates:
+                verdict[i] = -1
+                stage[i] = name
+
+    def pending():
+        return np.flatnonzero(verdict == 0)
+
+    # Stage 1: screening over every token.
+    t0 = time.monotonic()
+    ids_all = np.arange(U)
+    done = 0
+    for chunk_index, (ids, valid) in enumerate(_chunks(ids_all, B)):
+        if time.monotonic() > deadline:
+            break
+        sub = jax.random.fold_in(key, chunk_index)
+        extra = dom.project(ddomain, jnp.asarray(rng_scale, dtype) * jax.random.uniform(sub, (B, d), dtype, -1.0, 1.0))
+        x, wb = _screen_chunk(head, jnp.asarray(ids), ddomain, extra, num_top=k)
+        if settings.braid_steps:
+            x, wb = _braid_chunk(head, jnp.asarray(ids), x, ddomain, num_top=k, steps=settings.braid_steps)
+        record_witness(ids, valid, x, wb, "screen")
+        # The strongest competitor alone is a (weak) certificate: it gives every token a finite U.
+        one = np.asarray(wb.top)[:, :1]
+        U_one = bounds.certificate_bounds(head.W, head.b, ddomain, jnp.asarray(ids), jnp.asarray(one), jnp.ones((B, 1), dtype))
+        record_certificate(ids, valid, one, np.ones((B, 1)), U_one, "screen")
+        done += valid
+        reporter.update("screen", done, U)
+    seconds["screen"] = time.monotonic() - t0
+
+    # Stage 2: margin ascent.
+    t0 = time.monotonic()
+    lr = float(0.05 * np.max(rng_scale))
+    todo = pending()
+    done = 0
+    for ids, valid in _chunks(todo, B):
+        if time.monotonic() > deadline:
+            break
+        support = top[ids]
+        x, wb, weights, U_rig = _ascent_chunk(head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype),
+                                              ddomain, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
+        record_witness(ids, valid, x, wb, "ascent")
+        record_certificate(ids, valid, support, weights, U_rig, "ascent")
+        done += valid
+        reporter.update("ascent", done, todo.size)
+    seconds["ascent"] = time.monotonic() - t0
+
+    # Stage 3: PDHG rounds with row generation.
+    t0 = time.monotonic()
+    eps = float(jnp.finfo(dtype).eps)
+    tolerance = float(max(64 * eps, 1e-6 if dtype == jnp.float32 else 1e-10))
+    omega0 = 1.0 / max(float(np.max(rng_scale)), 1e-30)
+    todo = pending()
+    lam_state = {}
+    support_state = {int(i): top[i].copy() for i in todo}
+    converged = np.zeros(U, bool)
+    done = 0
+    for round_index in range(settings.pdhg_rounds):
+        todo = np.array([i for i in pending() if not converged[i]], np.int64)
+        if todo.size == 0 or time.monotonic() > deadline:
+            break
+        for ids, valid in _chunks(todo, B):
+            if time.monotonic() > deadline:
+                break
+            support = np.stack([support_state[int(i)] for i in ids])
+            lam0 = np.stack([lam_state.get(int(i), np.full(k, 1.0 / k)) for i in ids])
+            result, wb, weights, U_rig = _pdhg_chunk(
+                head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype), jnp.asarray(lam0, dtype),
+                jnp.full((B,), omega0, dtype), ddomain, max_iterations=settings.pdhg_iterations, tolerance=tolerance, num_top=k)
+            record_witness(ids, valid, result.x, wb, "pdhg")
+            record_certificate(ids, valid, support, weights, U_rig, "pdhg")
+            lam = np.asarray(result.lam, np.float64)
+            status = np.asarray(result.status)
+            new_support = _refresh_support(np.asarray(wb.top), support, lam, keep=1e-12)
+            for r in range(valid):
+                i = int(ids[r])
+                old = dict(zip(support[r].tolist(), lam[r].tolist()))
+                support_state[i] = new_support[r]
+                lam_state[i] = np.array([old.get(int(j), 0.0) for j in new_support[r]])
+                # A converged gap on a competitor set that already holds the strongest rows
+                # at x will not move on: leave it to the rational stage.
+                if status[r] == pdhg.CONVERGED and set(np.asarray(wb.top)[r][: max(1, k // 4)].tolist()) <= set(support[r].tolist()):
+                    converged[i] = True
+            done += valid
+            reporter.update(f"pdhg {round_index + 1}", done, done + todo.size - done)
+    seconds["pdhg"] = time.monotonic() - t0
+
+    # Stage 4: exact rational LP for what floats cannot sign.
+    t0 = time.monotonic()
+    todo = pending()
+    if d <= settings.rational_max_dim:
+        rational_deadline = min(deadline, time.monotonic() + settings.rational_seconds)
+        # On R^d (and for the exact step on a ball) only g = 0 certificates are exact.
+        lo_hi = dom.Free() if require_exact_certificates else domain
+        for n, i in enumerate(todo):
+            if time.monotonic() > rational_deadline:
+                break
+            candidates = list(cert_support.get(int(i), []))
+            for j in list(support_state.get(int(i), [])) + list(top[i]):
+                if j not in candidates and j != i:
+                    candidates.append(int(j))
+            candidates = candidates[: 2 * (d + 1) + 8]
+            outcome = rational.certify(W, b, lo_hi, int(i), np.asarray(candidates, np.int64),
+                                       deadline=rational_deadline)
+            if outcome.verdict == -1:
+                verdict[i], stage[i], upper[i] = -1, "rational", min(upper[i], float(outcome.value))
+                upper[i] = min(upper[i], 0.0) if outcome.value == 0 else upper[i]
+                cert_support[i] = outcome.support
+                cert_weights[i] = np.array([float(w) for w in outcome.weights])
+                cert_rational[i] = [f"{w.numerator}/{w.denominator}" for w in outcome.weights]
+            elif outcome.verdict == 1:
+                verdict[i], stage[i] = 1, "rational"
+                lower[i] = max(lower[i], float(outcome.value))
+                witness[i] = outcome.witness
+            reporter.update("rational", n + 1, todo.size)
+    if require_exact_certificates:
+        # On R^d only exact g = 0 certificates count; float ones are dropped.
+        for i in np.flatnonzero(verdict == 0):
+            if i in cert_support and i not in cert_rational:
+                upper[i] = np.inf
+    seconds["rational"] = time.monotonic() - t0
+    return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness,
+                cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
+
+
+def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse, state) -> Report:
+    """Map results on unique rows back to every token, adding tie certificates."""
+    C, d = W.shape
+    verdict = state["verdict"][inverse].copy()
+    lower = state["lower"][inverse].copy()
+    upper = state["upper"][inverse].copy()
+    stage = np.array(state["stage"][inverse], dtype=object)
+    twins: dict[int, list[int]] = {}
+    groups: dict[int, list[int]] = {}
+    for i, u in enumerate(inverse):
+        groups.setdefault(int(u), []).append(i)
+    tie_certificate: dict[int, int] = {}
+    for u, members in groups.items():
+        if len(members) < 2:
+            continue
+        for i in members:
+            twins[i] = [j for j in members if j != i]
+        losers = members if settings.ties == "strict" else members[1:]
+        for i in losers:
+            verdict[i], stage[i], upper[i] = -1, "tie", 0.0
+            lower[i] = min(lower[i], 0.0)
+            tie_certificate[i] = members[0] if i != members[0] else members[1]
+    witness_ids = np.flatnonzero(verdict == 1)
+    witnesses = state["witness"][inverse[witness_ids]] if witness_ids.size else np.zeros((0, d))
+    cert_ids, offsets, support, weights, rational_w = [], [0], [], [], []
+    for i in np.flatnonzero(verdict == -1):
+        if i in tie_certificate:
+            s, w, r = [tie_certificate[i]], [1.0], ["1/1"]
+        else:
+            u = int(inverse[i])
+            s = representative[state["cert_support"][u]].tolist()
+            w = state["cert_weights"][u].tolist()
+            r = state["cert_rational"].get(u, [""] * len(s))
+        cert_ids.append(int(i))
+        support.extend(s)
+        weights.extend(w)
+        rational_w.extend(r)
+        offsets.append(len(support))
+    head = {"classes": int(C), "dim": int(d), "has_bias": b is not None, "sha256": head_sha256(W, b)}
+    return Report(
+        head=head,
+        domain=user_domain,
+        verdict=verdict.astype(np.int8),
+        lower=lower,
+        upper=upper,
+        stage=np.array(stage.tolist(), dtype=np.str_),
+        twins=twins,
+        witness_ids=witness_ids.astype(np.int64),
+        witnesses=np.asarray(witnesses, np.float64),
+        certificate_ids=np.asarray(cert_ids, np.int64),
+        certificate_offsets=np.asarray(offsets, np.int64),
+        certificate_support=np.asarray(support, np.int64),
+        certificate_weights=np.asarray(weights, np.float64),
+        certificate_rational=np.asarray(rational_w, dtype=np.str_),
+        settings={k: v for k, v in settings._asdict().items()},
+        solved_on=dom.to_json(solve_domain) if isinstance(user_domain, dom.Free) else None,
+    )

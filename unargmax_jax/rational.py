@@ -1,0 +1,233 @@
+"""Stage 4: exact rational certification for margins the floating-point bounds cannot sign.
+
+Without a bias every box around 0 gives :math:`m_i^* \\ge 0` (take x = 0), so an
+unargmaxable token has :math:`m_i^* = 0` exactly and its certificate needs
+:math:`w_i = \\sum_j \\lambda_j w_j` exactly. Floats are rationals, so we solve the dual
+LP of DESIGN.md section 2 restricted to a few candidate rows T exactly, with
+``fractions.Fraction`` and Bland's rule:
+
+.. math:: \\min\\; -\\lambda^T b_T + hi^T g^+ - lo^T g^- \\;\\text{s.t.}\\;
+          W_T^T \\lambda + g^+ - g^- = w_i,\\; 1^T \\lambda = 1,\\; \\lambda, g^\\pm \\ge 0
+
+(its value plus :math:`b_i` is :math:`U^*_T \\ge m_i^*`). For Ball and Free the slack
+:math:`g^\\pm` is pushed to zero first (a lexicographic objective), since only
+:math:`g = 0` gives a certificate there. The LP's dual prices are a witness x for the
+box when :math:`U^*_T > 0`; it is then checked exactly against every row.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from . import domains as dom
+
+
+class RationalVerdict(NamedTuple):
+    verdict: int  # 1 argmaxable, -1 unargmaxable, 0 undecided
+    support: np.ndarray  # certificate ids (unargmaxable) or empty
+    weights: list  # Fractions matching support
+    witness: np.ndarray | None  # float64 x (argmaxable)
+    value: Fraction | None  # exact U (unargmaxable) or exact L at the witness
+
+
+def _lex_less_than_zero(values: Sequence[Fraction]) -> bool:
+    for v in values:
+        if v != 0:
+            return v < 0
+    return False
+
+
+def lexicographic_simplex(columns, rhs, costs, basis, *, max_pivots: int, deadline: float):
+    """Minimise lexicographic costs over {M y = rhs, y >= 0} from a feasible basis (Bland's rule).
+
+    Args:
+        columns: list of n columns, each a list of m Fractions.
+        rhs: m Fractions.
+        costs: list of cost levels, each n Fractions (earlier levels dominate).
+        basis: m column indices forming a feasible basis.
+
+    Returns:
+        (values of basic variables by column index, basis, duals of every level,
+        True if optimal) or None when the pivot or time budget ran out.
+    """
+    m = len(rhs)
+    n = len(columns)
+    # Explicit inverse of the basis matrix, built by Gauss-Jordan elimination.
+    B = [[columns[basis[c]][r] for c in range(m)] for r in range(m)]
+    inverse = [[Fraction(int(r == c)) for c in range(m)] for r in range(m)]
+    for col in range(m):
+        pivot = next((r for r in range(col, m) if B[r][col] != 0), None)
+        if pivot is None:
+            return None
+        B[col], B[pivot] = B[pivot], B[col]
+        inverse[col], inverse[pivot] = inverse[pivot], inverse[col]
+        p = B[col][col]
+        B[col] = [v / p for v in B[col]]
+        inverse[col] = [v / p for v in inverse[col]]
+        for r in range(m):
+            if r != col and B[r][col] != 0:
+                f = B[r][col]
+                B[r] = [a - f * b for a, b in zip(B[r], B[col])]
+                inverse[r] = [a - f * b for a, b in zip(inverse[r], inverse[col])]
+    values = [sum((inverse[r][k] * rhs[k] for k in range(m)), Fraction(0)) for r in range(m)]
+    if any(v < 0 for v in values):
+        return None
+    basis = list(basis)
+    for _ in range(max_pivots):
+        if time.monotonic() > deadline:
+            return None
+        duals = [[sum((level[basis[r]] * inverse[r][k] for r in range(m)), Fraction(0)) for k in range(m)]
+                 for level in costs]
+        in_basis = set(basis)
+        entering = None
+        for j in range(n):
+            if j in in_basis:
+                continue
+            reduced = [level[j] - sum((pi[k] * columns[j][k] for k in range(m)), Fraction(0))
+                       for level, pi in zip(costs, duals)]
+            if _lex_less_than_zero(reduced):
+                entering = j
+                break
+        if entering is None:
+            return {basis[r]: values[r] for r in range(m)}, basis, duals, True
+        direction = [sum((inverse[r][k] * columns[entering][k] for k in range(m)), Fraction(0)) for r in range(m)]
+        leaving = None
+        best = None
+        for r in range(m):
+            if direction[r] > 0:
+                ratio = values[r] / direction[r]
+                if best is None or ratio < best or (ratio == best and basis[r] < basis[leaving]):
+                    best, leaving = ratio, r
+        if leaving is None:
+            return None  # unbounded: cannot happen for these bounded problems
+        p = direction[leaving]
+        inverse[leaving] = [v / p for v in inverse[leaving]]
+        values[leaving] = values[leaving] / p
+        for r in range(m):
+            if r != leaving and direction[r] != 0:
+                f = direction[r]
+                inverse[r] = [a - f * b for a, b in zip(inverse[r], inverse[leaving])]
+                values[r] = values[r] - f * values[leaving]
+        basis[leaving] = entering
+    return None
+
+
+def certify(
+    W: np.ndarray,
+    b: np.ndarray | None,
+    domain: dom.Domain,
+    token: int,
+    candidates: np.ndarray,
+    *,
+    deadline: float,
+    max_pivots: int = 5000,
+    max_rounds: int = 30,
+) -> RationalVerdict:
+    """Decide one token exactly, starting from candidate rows T, or return verdict 0.
+
+    Column generation: solve the exact LP on T; rows whose reduced cost (from the
+    exact dual prices) is negative would improve it, so the most negative ones join T
+    and the LP is solved again, until none is left. A certificate found on T is valid
+    for the whole head; a box witness (the dual prices) is checked exactly on every row.
+    """
+    undecided = RationalVerdict(0, np.zeros(0, np.int64), [], None, None)
+    C, d = W.shape
+    W64 = np.asarray(W, np.float64)
+    b64 = np.zeros(C) if b is None else np.asarray(b, np.float64)
+    T = [int(j) for j in dict.fromkeys(int(j) for j in candidates) if int(j) != token]
+    if not T:
+        T = [int(np.argmax(np.where(np.arange(C) == token, -np.inf, W64 @ W64[token])))]
+    is_box = isinstance(domain, dom.Box)
+    if is_box:
+        lo = [Fraction(float(v)) for v in np.asarray(domain.lo)]
+        hi = [Fraction(float(v)) for v in np.asarray(domain.hi)]
+    rhs = [Fraction(float(v)) for v in W64[token]] + [Fraction(1)]
+    slack_columns = [[Fraction(int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
+    slack_columns += [[Fraction(-int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
+    row_column = lambda j: [Fraction(float(v)) for v in W64[j]] + [Fraction(1)]  # noqa: E731
+    for _ in range(max_rounds):
+        columns = [row_column(j) for j in T] + slack_columns
+        n_rows = len(T)
+        bias_cost = [-Fraction(float(b64[j])) for j in T]
+        if is_box:
+            costs = [bias_cost + hi + [-v for v in lo]]
+        else:
+            costs = [[Fraction(0)] * n_rows + [Fraction(1)] * (2 * d), bias_cost + [Fraction(0)] * (2 * d)]
+        # Feasible start: lam = e_{T0}, slack g = w_i - w_{T0} split by sign; row d is sum(lam) = 1.
+        basis = [n_rows + k if rhs[k] - columns[0][k] >= 0 else n_rows + d + k for k in range(d)] + [0]
+        solved = lexicographic_simplex(columns, rhs, costs, basis, max_pivots=max_pivots, deadline=deadline)
+        if solved is None:
+            return undecided
+        values, basis, duals, _ = solved
+        lam = {T[c]: v for c, v in values.items() if c < n_rows and v != 0}
+        slack = sum((v for c, v in values.items() if c >= n_rows), Fraction(0))
+        bias_part = Fraction(float(b64[token])) - sum((Fraction(float(b64[j])) * v for j, v in lam.items()), Fraction(0))
+        if is_box:
+            g = [rhs[k] - sum((Fraction(float(W64[j, k])) * v for j, v in lam.items()), Fraction(0)) for k in range(d)]
+            upper = bias_part + sum((max(gk * lo[k], gk * hi[k]) for k, gk in enumerate(g)), Fraction(0))
+        else:
+            upper = bias_part if slack == 0 else None
+        if upper is not None and upper <= 0 and lam:
+            support = np.array(sorted(lam), dtype=np.int64)
+            return RationalVerdict(-1, support, [lam[j] for j in support], None, upper)
+        # Reduced costs of rows outside T: c_j - pi . (w_j, 1), one value per cost level.
+        reduced = []
+        for level, pi in enumerate(duals):
+            pi = np.array([float(p) for p in pi])
+            own_cost = -b64 if level == len(duals) - 1 else np.zeros(C)
+            reduced.append(own_cost - W64 @ pi[:d] - pi[d])
+        scale = 1e-12 * (1.0 + np.abs(W64).max() * (np.max(np.abs(np.asarray(domain.hi))) if is_box else 1.0) + np.abs(b64).max())
+        outside = np.ones(C, bool)
+        outside[T] = False
+        outside[token] = False
+        first = reduced[0]
+        improving = outside & (first < -scale)
+        if len(reduced) == 2:
+            improving |= outside & (np.abs(first) <= scale) & (reduced[1] < -scale)
+        if not improving.any():
+            break
+        order = np.lexsort(tuple(r[improving] for r in reversed(reduced)))
+        T = T + np.flatnonzero(improving)[order][: d + 1].tolist()
+    if is_box and upper is not None and upper > 0:
+        x = np.array([float(p) for p in duals[-1][:d]], dtype=np.float64)
+        x = np.clip(x, np.asarray(domain.lo, np.float64), np.asarray(domain.hi, np.float64))
+        lower = exact_witness_margin(W, b, token, x)
+        if lower is not None and lower > 0:
+            return RationalVerdict(1, np.zeros(0, np.int64), [], x, lower)
+    return undecided
+
+
+def exact_witness_margin(W: np.ndarray, b: np.ndarray | None, token: int, x: np.ndarray) -> Fraction | None:
+    """Exact :math:`\\min_j z_i(x) - z_j(x)` over rows the float64 bound cannot settle.
+
+    Returns the exact minimum over the unsettled rows, a positive float64 lower bound
+    when every row is settled in floats, or None if some row is settled negative.
+    """
+    W64 = np.asarray(W, np.float64)
+    b64 = np.zeros(W64.shape[0]) if b is None else np.asarray(b, np.float64)
+    d = W64.shape[1]
+    z = W64 @ x + b64
+    gaps = z[token] - z
+    u = 2.0**-53
+    g = 2 * (d + 4) * u / (1 - (d + 4) * u)
+    magnitude = np.abs(W64) @ np.abs(x)
+    pad = g * (magnitude[token] + magnitude + abs(b64[token]) + np.abs(b64)) + 1e-300
+    gaps[token] = np.inf
+    if np.any(gaps + pad < 0):
+        return None
+    unsettled = np.flatnonzero(gaps - pad <= 0)
+    unsettled = unsettled[unsettled != token]
+    if unsettled.size == 0:
+        return Fraction(float(np.min(gaps - pad)))
+    xf = [Fraction(float(v)) for v in x]
+
+    def exact_logit(j):
+        bias = Fraction(float(b64[j])) if b is not None else Fraction(0)
+        return sum((Fraction(float(W64[j, k])) * xf[k] for k in range(d)), bias)
+
+    own = exact_logit(token)
+    return min(own - exact_logit(int(j)) for j in unsettled)

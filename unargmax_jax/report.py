@@ -1,0 +1,240 @@
+"""The Report type and its files: ``report.json`` and ``certificates.npz``.
+
+``report.json`` (format ``unargmax-report/1``) holds one entry per token with its verdict,
+the proved margin interval ``[lower, upper]`` and the stage that decided it.
+``certificates.npz`` (plain arrays, no pickle) holds the evidence:
+
+* ``witness_ids`` (n,), ``witnesses`` (n, d) float64: an x in X per argmaxable token,
+* ``certificate_ids`` (m,), ``certificate_offsets`` (m + 1,), ``certificate_support``
+  (nnz,), ``certificate_weights`` (nnz,) float64: a sparse lam >= 0 per unargmaxable
+  token (CSR layout: token ``certificate_ids[r]`` uses entries
+  ``offsets[r]:offsets[r + 1]``),
+* ``certificate_rational`` (nnz,) str: the exact weight ``"p/q"`` where the certificate
+  was proved in rational arithmetic (margin exactly 0), else ``""``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import domains as dom
+
+FORMAT = "unargmax-report/1"
+VERDICT_NAMES = {1: "argmaxable", -1: "unargmaxable", 0: "undecided"}
+VERDICT_CODES = {name: code for code, name in VERDICT_NAMES.items()}
+CERTIFICATE_FILE = "certificates.npz"
+REPORT_FILE = "report.json"
+
+
+def head_sha256(W: np.ndarray, b: np.ndarray | None) -> str:
+    """sha256 of the head as the engine sees it: float64 C-order W, then b if present."""
+    digest = hashlib.sha256()
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    digest.update(f"W{W.shape}".encode())
+    digest.update(W.tobytes())
+    if b is not None:
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        digest.update(f"b{b.shape}".encode())
+        digest.update(b.tobytes())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass
+class Report:
+    """Per-token verdicts with their evidence. Arrays are indexed by token id.
+
+    Attributes:
+        head: ``classes``, ``dim``, ``has_bias``, ``sha256`` and optional ``source``,
+            ``weight_name``, ``bias_name``.
+        domain: the domain the user asked about.
+        verdict: int8, 1 argmaxable, -1 unargmaxable, 0 undecided.
+        lower, upper: float64 proved bounds on the margin m_i* (on ``solved_on``).
+        stage: the stage that decided each token.
+        twins: token id -> other ids with a bit-identical row and bias.
+    """
+
+    head: dict
+    domain: dom.Domain
+    verdict: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    stage: np.ndarray
+    twins: dict
+    witness_ids: np.ndarray
+    witnesses: np.ndarray
+    certificate_ids: np.ndarray
+    certificate_offsets: np.ndarray
+    certificate_support: np.ndarray
+    certificate_weights: np.ndarray
+    certificate_rational: np.ndarray
+    settings: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    stage_seconds: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)
+    solved_on: dict | None = None
+
+    # ----------------------------------------------------------------- queries
+    def counts(self) -> dict:
+        return {name: int(np.sum(self.verdict == code)) for code, name in VERDICT_NAMES.items()}
+
+    def ids(self, verdict: str) -> np.ndarray:
+        """Token ids with the given verdict name."""
+        return np.flatnonzero(self.verdict == VERDICT_CODES[verdict])
+
+    def witness(self, token: int) -> np.ndarray | None:
+        rows = np.flatnonzero(self.witness_ids == token)
+        return self.witnesses[rows[0]] if rows.size else None
+
+    def certificate(self, token: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(support ids, weights) of the token's certificate, or None."""
+        rows = np.flatnonzero(self.certificate_ids == token)
+        if not rows.size:
+            return None
+        start, stop = self.certificate_offsets[rows[0]], self.certificate_offsets[rows[0] + 1]
+        return self.certificate_support[start:stop], self.certificate_weights[start:stop]
+
+    # --------------------------------------------------------------- rendering
+    def summary_table(self) -> str:
+        counts = self.counts()
+        head = self.head
+        lines = [
+            f"head: {head['classes']} classes x {head['dim']} features, "
+            f"{'with' if head['has_bias'] else 'no'} bias",
+            f"domain: {json.dumps(dom.to_json(self.domain))}",
+            f"  argmaxable    {counts['argmaxable']:>9}",
+            f"  unargmaxable  {counts['unargmaxable']:>9}",
+            f"  undecided     {counts['undecided']:>9}",
+            f"  seconds       {self.seconds:>9.2f}",
+        ]
+        bad = self.ids("unargmaxable")
+        if bad.size:
+            shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if bad.size > 20 else "")
+            lines.append(f"unargmaxable ids: {shown}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        tokens = []
+        for i in range(self.verdict.shape[0]):
+            entry = {
+                "id": i,
+                "verdict": VERDICT_NAMES[int(self.verdict[i])],
+                "lower": _json_float(self.lower[i]),
+                "upper": _json_float(self.upper[i]),
+                "stage": str(self.stage[i]),
+            }
+            if i in self.twins:
+                entry["twins"] = [int(t) for t in self.twins[i]]
+            tokens.append(entry)
+        return {
+            "format": FORMAT,
+            "head": self.head,
+            "domain": dom.to_json(self.domain),
+            "solved_on": self.solved_on,
+            "settings": self.settings,
+            "summary": {**self.counts(), "seconds": round(float(self.seconds), 4),
+                        "stage_seconds": {k: round(float(v), 4) for k, v in self.stage_seconds.items()}},
+            "notes": list(self.notes),
+            "tokens": tokens,
+        }
+
+    # ---------------------------------------------------------------------- io
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write ``report.json`` and ``certificates.npz`` atomically into ``out_dir``."""
+        out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"output path {out} exists and is not a directory")
+        out.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "witness_ids": np.asarray(self.witness_ids, np.int64),
+            "witnesses": np.asarray(self.witnesses, np.float64).reshape(-1, self.head["dim"]),
+            "certificate_ids": np.asarray(self.certificate_ids, np.int64),
+            "certificate_offsets": np.asarray(self.certificate_offsets, np.int64),
+            "certificate_support": np.asarray(self.certificate_support, np.int64),
+            "certificate_weights": np.asarray(self.certificate_weights, np.float64),
+            "certificate_rational": np.asarray(self.certificate_rational, dtype=np.str_),
+        }
+        _atomic_write(out / CERTIFICATE_FILE, lambda f: np.savez(f, **arrays))
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False)
+        _atomic_write(out / REPORT_FILE, lambda f: f.write(text.encode()))
+        return out
+
+    @classmethod
+    def load(cls, out_dir: str | os.PathLike) -> "Report":
+        """Read a report directory written by :meth:`save`."""
+        out = Path(out_dir)
+        try:
+            data = json.loads((out / REPORT_FILE).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"no {REPORT_FILE} in {out}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{out / REPORT_FILE} is not valid JSON: {err}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{out / REPORT_FILE}: expected format {FORMAT!r}")
+        try:
+            with np.load(out / CERTIFICATE_FILE, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except FileNotFoundError:
+            raise ValueError(f"no {CERTIFICATE_FILE} in {out}") from None
+        tokens = data["tokens"]
+        C = data["head"]["classes"]
+        if len(tokens) != C or [t["id"] for t in tokens] != list(range(C)):
+            raise ValueError(f"{out / REPORT_FILE}: expected tokens 0..{C - 1} exactly once each")
+        return cls(
+            head=data["head"],
+            domain=dom.from_json(data["domain"]),
+            verdict=np.array([VERDICT_CODES[t["verdict"]] for t in tokens], np.int8),
+            lower=np.array([_from_json_float(t["lower"]) for t in tokens], np.float64),
+            upper=np.array([_from_json_float(t["upper"]) for t in tokens], np.float64),
+            stage=np.array([t["stage"] for t in tokens], dtype=np.str_),
+            twins={t["id"]: list(t["twins"]) for t in tokens if "twins" in t},
+            witness_ids=arrays["witness_ids"],
+            witnesses=arrays["witnesses"],
+            certificate_ids=arrays["certificate_ids"],
+            certificate_offsets=arrays["certificate_offsets"],
+            certificate_support=arrays["certificate_support"],
+            certificate_weights=arrays["certificate_weights"],
+            certificate_rational=arrays["certificate_rational"],
+            settings=data.get("settings", {}),
+            seconds=data["summary"].get("seconds", 0.0),
+            stage_seconds=data["summary"].get("stage_seconds", {}),
+            notes=data.get("notes", []),
+            solved_on=data.get("solved_on"),
+        )
+
+
+def _json_float(value: float):
+    """JSON has no infinities: store them as the strings "inf" / "-inf"."""
+    value = float(value)
+    if np.isfinite(value):
+        return value
+    if np.isnan(value):
+        raise ValueError("NaN margin bound in report")
+    return "inf" if value > 0 else "-inf"
+
+
+def _from_json_float(value) -> float:
+    return float(value)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temporary file in the same directory and rename, so no half file remains."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
