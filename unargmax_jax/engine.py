@@ -39,8 +39,8 @@ class Settings(NamedTuple):
     competitors: int = 0  # 0: automatic, max(32, 2 (d + 1)) capped by C - 1
     braid_steps: int = 0
     ascent_steps: int = 300
-    pdhg_rounds: int = 8
-    pdhg_iterations: int = 4000
+    pdhg_iterations: int = 8192  # per token, in total
+    pdhg_round_iterations: int = 512  # between competitor refreshes
     rational_max_dim: int = 64
     rational_seconds: float = 60.0
     free_box_radius: float = 1e4
@@ -48,23 +48,30 @@ class Settings(NamedTuple):
 
 
 class _Progress:
-    """A one-line progress indicator on stderr with an ETA, silent unless enabled."""
+    """A one-line progress indicator on stderr with a per-stage ETA, silent unless enabled."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, *, every: float = 0.5):
         self.enabled = enabled
-        self.start = time.monotonic()
+        self.every = every
+        self.stage = None
+        self.stage_start = self.last = time.monotonic()
 
     def update(self, stage: str, done: int, total: int):
         if not self.enabled or total == 0:
             return
-        elapsed = time.monotonic() - self.start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        sys.stderr.write(f"\r{stage:>8}: {done}/{total} tokens  {elapsed:6.1f}s  eta {eta:6.1f}s ")
+        now = time.monotonic()
+        if stage != self.stage:
+            self.stage, self.stage_start = stage, now
+        if now - self.last < self.every and done < total:
+            return
+        self.last = now
+        elapsed = now - self.stage_start
+        eta = (total - done) * elapsed / done if done else float("nan")
+        sys.stderr.write(f"\r{stage:>10}: {done}/{total} tokens  {elapsed:6.1f}s  eta {eta:6.1f}s ")
         sys.stderr.flush()
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self.stage is not None:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
@@ -83,6 +90,12 @@ def find_twins(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndar
     relabel = np.empty_like(order)
     relabel[order] = np.arange(order.size)
     return first[order], relabel[inverse.reshape(-1)]
+
+
+def _contains_origin(domain: dom.Domain) -> bool:
+    if isinstance(domain, dom.Box):
+        return bool(np.all(np.asarray(domain.lo) <= 0) and np.all(np.asarray(domain.hi) >= 0))
+    return bool(np.linalg.norm(np.asarray(domain.center)) <= float(domain.radius))
 
 
 def _device_dtype():
@@ -134,11 +147,11 @@ def _ascent_chunk(head: _Head, ids, support, x0, domain, *, steps, learning_rate
     return result.x, witness, result.weights, upper
 
 
-@partial(jax.jit, static_argnames=("max_iterations", "tolerance", "num_top"))
-def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, domain, *, max_iterations, tolerance, num_top):
+@partial(jax.jit, static_argnames=("max_iterations", "tolerance", "decisive", "num_top"))
+def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, budget, domain, *, max_iterations, tolerance, decisive, num_top):
     problems = jax.vmap(pdhg.restrict)(head.W[ids], head.b[ids], head.W[support], head.b[support])
-    solve = partial(pdhg.solve, max_iterations=max_iterations, tolerance=tolerance)
-    result = jax.vmap(solve, in_axes=(0, 0, 0, 0, None))(problems, x0, lam0, omega0, domain)
+    solve = partial(pdhg.solve, max_iterations=max_iterations, tolerance=tolerance, decisive=decisive)
+    result = jax.vmap(lambda p, x, l, o, n: solve(p, x, l, o, domain, budget=n))(problems, x0, lam0, omega0, budget)
     weights = result.lam / problems.row_scale
     witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
     upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, weights)
@@ -203,7 +216,7 @@ def check(
         chunk_size: tokens per batch.
         max_seconds: stop starting new work after this long; the rest stays undecided.
         progress: print a progress line with an ETA on stderr.
-        **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_rounds``, ...).
+        **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_iterations``, ...).
 
     Returns:
         A :class:`~unargmax_jax.report.Report` with a verdict, proved bounds and evidence
@@ -343,44 +356,63 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
         reporter.update("ascent", done, todo.size)
     seconds["ascent"] = time.monotonic() - t0
 
-    # Stage 3: PDHG rounds with row generation.
+    # Stage 3: PDHG with row generation. Slots of a fixed-size batch are refilled as
+    # tokens finish, so one slow token never holds up a whole chunk.
     t0 = time.monotonic()
     eps = float(jnp.finfo(dtype).eps)
-    tolerance = float(max(64 * eps, 1e-6 if dtype == jnp.float32 else 1e-10))
-    omega0 = 1.0 / max(float(np.max(rng_scale)), 1e-30)
-    todo = pending()
-    lam_state = {}
-    support_state = {int(i): top[i].copy() for i in todo}
-    converged = np.zeros(U, bool)
-    done = 0
-    for round_index in range(settings.pdhg_rounds):
-        todo = np.array([i for i in pending() if not converged[i]], np.int64)
-        if todo.size == 0 or time.monotonic() > deadline:
-            break
-        for ids, valid in _chunks(todo, B):
-            if time.monotonic() > deadline:
-                break
-            support = np.stack([support_state[int(i)] for i in ids])
-            lam0 = np.stack([lam_state.get(int(i), np.full(k, 1.0 / k)) for i in ids])
-            result, wb, weights, U_rig = _pdhg_chunk(
-                head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype), jnp.asarray(lam0, dtype),
-                jnp.full((B,), omega0, dtype), ddomain, max_iterations=settings.pdhg_iterations, tolerance=tolerance, num_top=k)
-            record_witness(ids, valid, result.x, wb, "pdhg")
-            record_certificate(ids, valid, support, weights, U_rig, "pdhg")
-            lam = np.asarray(result.lam, np.float64)
-            status = np.asarray(result.status)
-            new_support = _refresh_support(np.asarray(wb.top), support, lam, keep=1e-12)
-            for r in range(valid):
-                i = int(ids[r])
-                old = dict(zip(support[r].tolist(), lam[r].tolist()))
-                support_state[i] = new_support[r]
-                lam_state[i] = np.array([old.get(int(j), 0.0) for j in new_support[r]])
-                # A converged gap on a competitor set that already holds the strongest rows
-                # at x will not move on: leave it to the rational stage.
-                if status[r] == pdhg.CONVERGED and set(np.asarray(wb.top)[r][: max(1, k // 4)].tolist()) <= set(support[r].tolist()):
-                    converged[i] = True
-            done += valid
-            reporter.update(f"pdhg {round_index + 1}", done, done + todo.size - done)
+    tolerance = float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12))
+    decisive = float(64 * (d + 4) * eps)
+    omega_start = 1.0 / max(float(np.max(rng_scale)), 1e-30)
+    queue = list(pending())
+    total = len(queue)
+    # Without a bias and with 0 inside X, x = 0 shows m* >= 0: no float certificate can
+    # exist, so the exact stage (if d allows it) takes over after a short PDHG run.
+    zero_floor = b is None and _contains_origin(domain)
+    budget_per_token = settings.pdhg_iterations
+    if zero_floor and d <= settings.rational_max_dim:
+        budget_per_token = min(budget_per_token, 2 * settings.pdhg_round_iterations)
+    state_of: dict[int, tuple] = {}
+    used = np.zeros(U, np.int64)
+    active: list[int] = []
+    finished = 0
+    while (queue or active) and time.monotonic() <= deadline:
+        while queue and len(active) < B:
+            active.append(int(queue.pop(0)))
+        # A short tail runs in a smaller batch: every slot of a vmapped loop costs time.
+        slots = B if len(active) > B // 8 else max(1, B // 8)
+        ids = np.array(active + [active[0]] * (slots - len(active)), np.int64)
+        valid = len(active)
+        support = np.stack([state_of.get(i, (top[i],))[0] for i in ids])
+        lam0 = np.stack([state_of[i][1] if i in state_of else np.full(k, 1.0 / k) for i in ids])
+        omega0 = np.array([state_of[i][2] if i in state_of else omega_start for i in ids])
+        budget = np.where(np.arange(slots) < valid, settings.pdhg_round_iterations, 0)
+        result, wb, weights, U_rig = _pdhg_chunk(
+            head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype), jnp.asarray(lam0, dtype),
+            jnp.asarray(omega0, dtype), jnp.asarray(budget, jnp.int32), ddomain,
+            max_iterations=settings.pdhg_round_iterations, tolerance=tolerance, decisive=decisive, num_top=k)
+        record_witness(ids, valid, result.x, wb, "pdhg")
+        record_certificate(ids, valid, support, weights, U_rig, "pdhg")
+        lam = np.asarray(result.lam, np.float64)
+        status = np.asarray(result.status)
+        omega = np.asarray(result.omega, np.float64)
+        iterations = np.asarray(result.iterations)
+        tops = np.asarray(wb.top)
+        new_support = _refresh_support(tops, support, lam, keep=1e-12)
+        still = []
+        for r in range(valid):
+            i = int(ids[r])
+            used[i] += max(int(iterations[r]), 32)  # a call that could not iterate still counts
+            # A converged gap on a competitor set that already holds the strongest rows at
+            # x will not move: leave it to the rational stage.
+            stuck = status[r] == pdhg.CONVERGED and set(tops[r][: max(1, k // 4)].tolist()) <= set(support[r].tolist())
+            if verdict[i] != 0 or stuck or used[i] >= budget_per_token:
+                finished += 1
+                continue
+            old = dict(zip(support[r].tolist(), lam[r].tolist()))
+            state_of[i] = (new_support[r], np.array([old.get(int(j), 0.0) for j in new_support[r]]), omega[r])
+            still.append(i)
+        active = still
+        reporter.update("pdhg", finished, total)
     seconds["pdhg"] = time.monotonic() - t0
 
     # Stage 4: exact rational LP for what floats cannot sign.
@@ -393,8 +425,10 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
         for n, i in enumerate(todo):
             if time.monotonic() > rational_deadline:
                 break
-            candidates = list(cert_support.get(int(i), []))
-            for j in list(support_state.get(int(i), [])) + list(top[i]):
+            # Heaviest certificate rows first: the exact stage tries them as a simplex.
+            weights_i = cert_weights.get(int(i), np.zeros(0))
+            candidates = [int(j) for j in np.asarray(cert_support.get(int(i), []))[np.argsort(-weights_i)]]
+            for j in list(state_of.get(int(i), ([],))[0]) + list(top[i]):
                 if j not in candidates and j != i:
                     candidates.append(int(j))
             candidates = candidates[: 2 * (d + 1) + 8]

@@ -146,6 +146,9 @@ def certify(
         lo = [Fraction(float(v)) for v in np.asarray(domain.lo)]
         hi = [Fraction(float(v)) for v in np.asarray(domain.hi)]
     rhs = [Fraction(float(v)) for v in W64[token]] + [Fraction(1)]
+    quick = _simplex_certificate(W64, b64, token, T[: d + 1])
+    if quick is not None:
+        return quick
     slack_columns = [[Fraction(int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
     slack_columns += [[Fraction(-int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
     row_column = lambda j: [Fraction(float(v)) for v in W64[j]] + [Fraction(1)]  # noqa: E731
@@ -199,6 +202,43 @@ def certify(
         if lower is not None and lower > 0:
             return RationalVerdict(1, np.zeros(0, np.int64), [], x, lower)
     return undecided
+
+
+def _simplex_certificate(W64, b64, token, rows) -> RationalVerdict | None:
+    """Fast path: w_i as an exact affine combination of d + 1 rows; a certificate if the
+    weights are >= 0 and the bias condition holds (then g = 0 and U = b_i - lam.b <= 0)."""
+    d = W64.shape[1]
+    if len(rows) != d + 1:
+        return None
+    matrix = [[Fraction(float(W64[j, k])) for j in rows] for k in range(d)] + [[Fraction(1)] * (d + 1)]
+    rhs = [Fraction(float(v)) for v in W64[token]] + [Fraction(1)]
+    lam = _solve_square(matrix, rhs)
+    if lam is None or any(v < 0 for v in lam):
+        return None
+    upper = Fraction(float(b64[token])) - sum((Fraction(float(b64[j])) * v for j, v in zip(rows, lam)), Fraction(0))
+    if upper > 0:
+        return None
+    kept = [(j, v) for j, v in zip(rows, lam) if v != 0]
+    kept.sort()
+    return RationalVerdict(-1, np.array([j for j, _ in kept], np.int64), [v for _, v in kept], None, upper)
+
+
+def _solve_square(matrix, rhs):
+    """Exact Gaussian elimination; None if singular."""
+    n = len(rhs)
+    rows = [list(r) + [v] for r, v in zip(matrix, rhs)]
+    for col in range(n):
+        pivot = next((r for r in range(col, n) if rows[r][col] != 0), None)
+        if pivot is None:
+            return None
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        p = rows[col][col]
+        rows[col] = [v / p for v in rows[col]]
+        for r in range(n):
+            if r != col and rows[r][col] != 0:
+                f = rows[r][col]
+                rows[r] = [a - f * c for a, c in zip(rows[r], rows[col])]
+    return [rows[r][n] for r in range(n)]
 
 
 def exact_witness_margin(W: np.ndarray, b: np.ndarray | None, token: int, x: np.ndarray) -> Fraction | None:

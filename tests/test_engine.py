@@ -1,0 +1,125 @@
+"""The whole pipeline against outside truths: exact rationals, qhull, HiGHS."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from helpers import highs_margins, hull_vertices_argmaxable, small_heads
+from hypothesis import given, settings
+
+import unargmax_jax as ua
+from unargmax_jax import exact
+
+SETTINGS = settings(deadline=None, max_examples=60, derandomize=True)
+
+
+def checked(W, b=None, domain=ua.Box(-100.0, 100.0), **kwargs):
+    """Run the check and always re-verify its evidence independently."""
+    report = ua.check(W, b, domain, **kwargs)
+    result = ua.verify(report, W, b)
+    assert result.ok, result.reasons
+    return report
+
+
+def _assert_matches_exact(report, margins):
+    for i, m in enumerate(margins):
+        want = 1 if m > 0 else -1
+        assert report.verdict[i] == want, (i, m, report.lower[i], report.upper[i], report.stage[i])
+        m = Fraction(m) if not isinstance(m, Fraction) else m
+        assert Fraction(float(report.lower[i])) <= m <= Fraction(float(report.upper[i])) or report.stage[i] == "tie"
+
+
+@given(small_heads())
+@SETTINGS
+def test_box_verdicts_equal_exact_oracle(head):
+    W, b = head
+    report = checked(W, b)
+    assert report.counts()["undecided"] == 0
+    margins = exact.box_margins(W, b, -100.0, 100.0)
+    _assert_matches_exact(report, margins)
+
+
+@given(small_heads())
+@SETTINGS
+def test_free_verdicts_equal_exact_oracle(head):
+    W, b = head
+    report = checked(W, b, ua.Free())
+    assert report.counts()["undecided"] == 0
+    truth = exact.free_verdicts(W, b)
+    assert [bool(v == 1) for v in report.verdict] == list(truth)
+
+
+@given(small_heads(with_bias=False))
+@settings(deadline=None, max_examples=30, derandomize=True)
+def test_ball_without_bias_equals_free(head):
+    """Without bias the argmax regions are cones, so any centred ball gives the free verdicts."""
+    W, _ = head
+    report = checked(W, None, ua.Ball(0.0, 2.5))
+    assert report.counts()["undecided"] == 0
+    assert [bool(v == 1) for v in report.verdict] == list(exact.free_verdicts(W, None))
+
+
+@pytest.mark.parametrize("C,d", [(60, 2), (120, 3), (200, 4), (300, 5), (150, 6), (300, 8)])
+def test_free_without_bias_equals_convex_hull_vertices(C, d):
+    W = np.random.default_rng(C * 10 + d).normal(size=(C, d))
+    report = checked(W, None, ua.Free())
+    assert report.counts()["undecided"] == 0
+    np.testing.assert_array_equal(report.verdict == 1, hull_vertices_argmaxable(W))
+
+
+def test_chunking_and_repeat_runs_give_identical_reports():
+    rng = np.random.default_rng(7)
+    W = rng.normal(size=(90, 3)).astype(np.float32)
+    b = rng.normal(size=90).astype(np.float32)
+    big = ua.check(W, b, chunk_size=128)
+    small = ua.check(W, b, chunk_size=7)
+    again = ua.check(W, b, chunk_size=128)
+    np.testing.assert_array_equal(big.verdict, small.verdict)
+    np.testing.assert_array_equal(big.verdict, again.verdict)
+    np.testing.assert_array_equal(big.lower, again.lower)
+    np.testing.assert_array_equal(big.upper, again.upper)
+    np.testing.assert_array_equal(big.witnesses, again.witnesses)
+    # Token by token: a head restricted to the competitors of token i is not the same
+    # problem, so compare each token's verdict with the exact margin instead.
+    margins = highs_margins(W.astype(np.float64), b.astype(np.float64), -100.0, 100.0)
+    decided = np.where(np.abs(margins) > 1e-6, np.sign(margins), 0)
+    mask = decided != 0
+    np.testing.assert_array_equal(small.verdict[mask], decided[mask].astype(np.int8))
+
+
+def test_exact_ties_strict_and_first():
+    W = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [-1.0, -1.0], [1.0, 0.0]])
+    strict = checked(W, None)
+    assert list(strict.verdict) == [-1, 1, -1, 1, -1]
+    assert strict.twins[0] == [2, 4] and strict.twins[2] == [0, 4]
+    first = checked(W, None, ties="first")
+    assert list(first.verdict) == [1, 1, -1, 1, -1]
+    assert set(first.stage[[2, 4]]) == {"tie"}
+
+
+def test_single_class_and_two_identical_classes():
+    assert checked(np.array([[0.3, -1.0]])).verdict.tolist() == [1]
+    both = checked(np.array([[0.3, -1.0], [0.3, -1.0]]), np.array([1.0, 1.0]))
+    assert both.verdict.tolist() == [-1, -1]
+
+
+def test_report_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(40, 2))
+    report = ua.check(W, rng.normal(size=40))
+    report.save(tmp_path)
+    loaded = ua.Report.load(tmp_path)
+    np.testing.assert_array_equal(loaded.verdict, report.verdict)
+    np.testing.assert_array_equal(loaded.lower, report.lower)
+    np.testing.assert_array_equal(loaded.certificate_support, report.certificate_support)
+    assert ua.verify(loaded, W, rng.normal(size=40)).ok is False  # different bias: sha mismatch
+
+
+def test_bad_arguments_are_clear():
+    W = np.ones((3, 2))
+    with pytest.raises(ValueError, match="ties"):
+        ua.check(W, ties="last")
+    with pytest.raises(TypeError, match="unknown option"):
+        ua.check(W, pdhg_round=3)
+    with pytest.raises(ValueError, match="Box.lo"):
+        ua.check(W, domain=ua.Box(np.zeros(3), 1.0))
