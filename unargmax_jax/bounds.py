@@ -6,7 +6,9 @@ any lam >= 0 with sum s > 0 gives
 Both are computed in floating point and then padded by a bound on their rounding
 error (DESIGN.md section 6, :math:`\\gamma_n = n u / (1 - n u)`), so ``L_rig > 0``
 proves argmaxable and ``U_rig <= 0`` proves unargmaxable. The bounds hold for any
-summation order, provided products run at ``Precision.HIGHEST``.
+summation order, provided products run at ``Precision.HIGHEST``. Every gamma carries
+two extra units so that rounding the user's weights to the working dtype (float64
+weights checked in float32) is covered too: the bounds are about the stored values.
 """
 
 from __future__ import annotations
@@ -42,11 +44,19 @@ class WitnessBounds(NamedTuple):
     lower: Float[Array, " b"]  # rigorous lower bound on the margin at x
     margin: Float[Array, " b"]  # floating-point margin at x (unpadded)
     top: Int[Array, "b k"]  # the k strongest competitors at x (ids into the head)
+    rival: Int[Array, " b"]  # the strongest competitor at x
 
 
 def logits(W: Float[Array, "c d"], b: Float[Array, " c"], X: Float[Array, "n d"]) -> Float[Array, "n c"]:
     """:math:`z(x) = W x + b` for a batch of points, one product at full precision."""
     return jnp.matmul(X, W.T, precision=HIGHEST) + b
+
+
+def _rival_logits(W, b, ids, X):
+    """Logits with each token's own entry set to -inf, and the own logit."""
+    Z = logits(W, b, X)
+    rows = jnp.arange(ids.shape[0])
+    return Z.at[rows, ids].set(-jnp.inf), Z[rows, ids]
 
 
 def witness_bounds(
@@ -60,29 +70,30 @@ def witness_bounds(
 ) -> WitnessBounds:
     """Rigorous :math:`L_i(x_i)` for each (token, point) pair against all C rows.
 
-    The rounding pad uses :math:`|w_j|^T |x| \\le \\|w_j\\|_2 \\|x\\|_2`, so it costs no
-    second product. Rows equal to token i's own id are skipped.
+    The rounding pad bounds every row at once with
+    :math:`|w_j|^T |x| \le \max_j \|w_j\|_2 \|x\|_2`: it costs one reduction instead
+    of a second product, and tokens it cannot settle go on to later stages.
 
     Args:
         W, b: the head (b zeros when the head has no bias).
-        row_norms: :math:`\\|w_j\\|_2` for every row.
+        row_norms: :math:`\|w_j\|_2` for every row.
         ids: token ids of the chunk.
         X: one point per token.
-        num_top: how many strongest competitors to return per token.
+        num_top: how many strongest competitors to return per token (0 for none).
     """
     dtype = W.dtype
     d = W.shape[1]
-    Z = logits(W, b, X)
-    own = jax.nn.one_hot(ids, W.shape[0], dtype=bool)
-    z_own = jnp.take_along_axis(Z, ids[:, None], axis=1)
-    x_norm = jnp.linalg.norm(X, axis=1, keepdims=True)
-    scale = (row_norms[ids][:, None] + row_norms[None, :]) * x_norm + jnp.abs(b[ids])[:, None] + jnp.abs(b)[None, :]
-    pad = gamma(d + 4, dtype) * scale + tiny_pad(d, dtype)
-    gaps = jnp.where(own, jnp.inf, z_own - Z)
-    lower = jnp.min(jnp.where(own, jnp.inf, gaps - pad), axis=1)
-    margin = jnp.min(gaps, axis=1)
-    _, top = jax.lax.top_k(jnp.where(own, -jnp.inf, Z), num_top)
-    return WitnessBounds(lower=lower, margin=margin, top=top)
+    rivals, z_own = _rival_logits(W, b, ids, X)
+    x_norm = jnp.linalg.norm(X, axis=1)
+    scale = (row_norms[ids] + jnp.max(row_norms)) * x_norm + jnp.abs(b[ids]) + jnp.max(jnp.abs(b))
+    pad = gamma(d + 6, dtype) * scale + tiny_pad(d, dtype)
+    margin = z_own - jnp.max(rivals, axis=1)
+    lower = margin - pad
+    # fl(a - b) - pad > 0 implies a - b > pad (subtraction keeps the sign); round the pad
+    # subtraction down to keep lower a lower bound.
+    lower = jnp.where(lower > 0, lower * (1 - 4 * float(jnp.finfo(dtype).eps)), lower * (1 + 4 * float(jnp.finfo(dtype).eps)))
+    top = jax.lax.top_k(rivals, num_top)[1] if num_top else jnp.zeros((ids.shape[0], 0), jnp.int32)
+    return WitnessBounds(lower=lower, margin=margin, top=top, rival=jnp.argmax(rivals, axis=1))
 
 
 def certificate_bound(
@@ -107,9 +118,9 @@ def certificate_bound(
     rows = W[support]
     w_own = W[token]
     g = total * w_own - jnp.matmul(weights, rows, precision=HIGHEST)
-    g_err = gamma(k + 2, dtype) * (total * jnp.abs(w_own) + jnp.matmul(weights, jnp.abs(rows), precision=HIGHEST))
+    g_err = gamma(k + 4, dtype) * (total * jnp.abs(w_own) + jnp.matmul(weights, jnp.abs(rows), precision=HIGHEST))
     bias_part = total * b[token] - jnp.dot(weights, b[support], precision=HIGHEST)
-    bias_err = gamma(k + 2, dtype) * (total * jnp.abs(b[token]) + jnp.dot(weights, jnp.abs(b[support]), precision=HIGHEST))
+    bias_err = gamma(k + 4, dtype) * (total * jnp.abs(b[token]) + jnp.dot(weights, jnp.abs(b[support]), precision=HIGHEST))
     sigma = dom.support(domain, g)
     ext = dom.extent(domain)
     if isinstance(domain, dom.Box):

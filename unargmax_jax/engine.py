@@ -103,7 +103,22 @@ def _device_dtype():
 
 
 def _domain_on_device(domain: dom.Domain, dtype) -> dom.Domain:
-    return type(domain)(*(jnp.asarray(v, dtype) for v in domain))
+    """The domain in the working dtype, rounded inwards so that every point the solver
+    projects onto it lies in the user's (float64) domain; certificates absorb the
+    difference in their rounding pad."""
+    np_dtype = np.dtype(jnp.dtype(dtype).name)
+    if isinstance(domain, dom.Box):
+        lo = np.asarray(domain.lo, np.float64)
+        hi = np.asarray(domain.hi, np.float64)
+        lo_d = np.asarray(lo, np_dtype)
+        hi_d = np.asarray(hi, np_dtype)
+        lo_d = np.where(lo_d.astype(np.float64) < lo, np.nextafter(lo_d, np_dtype.type(np.inf)), lo_d)
+        hi_d = np.where(hi_d.astype(np.float64) > hi, np.nextafter(hi_d, np_dtype.type(-np.inf)), hi_d)
+        return dom.Box(jnp.asarray(lo_d, dtype), jnp.asarray(hi_d, dtype))
+    centre = np.asarray(domain.center, np.float64)
+    radius = float(domain.radius)
+    slack = 16 * float(np.finfo(np_dtype).eps) * (radius + float(np.linalg.norm(centre)))
+    return dom.Ball(jnp.asarray(centre, dtype), jnp.asarray(max(radius - slack, 0.0), dtype))
 
 
 class _Head(NamedTuple):
@@ -116,19 +131,17 @@ class _Head(NamedTuple):
 def _screen_chunk(head: _Head, ids, domain, extra, *, num_top):
     points = screen.starting_points(head.W[ids], domain)
     points = jnp.concatenate([points, extra[:, None, :]], axis=1)
-    best = None
-    for m in range(points.shape[1]):
-        result = bounds.witness_bounds(head.W, head.b, head.norms, ids, points[:, m], num_top=num_top)
-        if best is None:
-            best = (points[:, m], result)
-        else:
-            better = result.lower > best[1].lower
-            best = (
-                jnp.where(better[:, None], points[:, m], best[0]),
-                jax.tree_util.tree_map(lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
-                                       result, best[1]),
-            )
-    return best
+    n, m, d = points.shape
+    # All candidates in one product (separate products per candidate fuse badly on CPU).
+    lowers = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0).lower
+    best = jnp.argmax(lowers.reshape(n, m), axis=1)
+    x = jnp.take_along_axis(points, best[:, None, None], axis=1)[:, 0]
+    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
+    # The strongest competitor alone is a (weak) certificate: every token gets a finite U.
+    # (argmax, not top_k's first column: gathering with top_k's output is slow on XLA:CPU)
+    one = witness.rival[:, None]
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, one, jnp.ones(one.shape, head.W.dtype))
+    return x, witness, one, upper
 
 
 @partial(jax.jit, static_argnames=("num_top", "steps"))
@@ -226,6 +239,8 @@ def check(
 
     start = time.monotonic()
     W_np, b_np = validate_head(W, b)
+    if not isinstance(domain, (dom.Box, dom.Ball, dom.Free)):
+        raise TypeError(f"domain must be Box, Ball or Free, got {type(domain).__name__}")
     if ties not in ("strict", "first"):
         raise ValueError(f"ties must be 'strict' or 'first', got {ties!r}")
     unknown = set(options) - set(Settings._fields)
@@ -327,13 +342,10 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
             break
         sub = jax.random.fold_in(key, chunk_index)
         extra = dom.project(ddomain, jnp.asarray(rng_scale, dtype) * jax.random.uniform(sub, (B, d), dtype, -1.0, 1.0))
-        x, wb = _screen_chunk(head, jnp.asarray(ids), ddomain, extra, num_top=k)
+        x, wb, one, U_one = _screen_chunk(head, jnp.asarray(ids), ddomain, extra, num_top=k)
         if settings.braid_steps:
             x, wb = _braid_chunk(head, jnp.asarray(ids), x, ddomain, num_top=k, steps=settings.braid_steps)
         record_witness(ids, valid, x, wb, "screen")
-        # The strongest competitor alone is a (weak) certificate: it gives every token a finite U.
-        one = np.asarray(wb.top)[:, :1]
-        U_one = bounds.certificate_bounds(head.W, head.b, ddomain, jnp.asarray(ids), jnp.asarray(one), jnp.ones((B, 1), dtype))
         record_certificate(ids, valid, one, np.ones((B, 1)), U_one, "screen")
         done += valid
         reporter.update("screen", done, U)

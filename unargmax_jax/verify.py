@@ -1,0 +1,303 @@
+"""The independent checker: re-verifies every witness and certificate of a report.
+
+It shares no numerical code with the solver: float64 NumPy with its own rounding
+bound, and exact ``fractions.Fraction`` arithmetic wherever floats cannot settle a
+sign. Only the report's file format (``report``) and the domain classes are imported.
+
+* argmaxable token i with witness x: x in X and
+  :math:`\\min_{j \\ne i} z_i(x) - z_j(x) > 0` over every row j;
+* unargmaxable token i with certificate lam >= 0 (sum s > 0, i not in its support):
+  :math:`s b_i - \\lambda^T b + \\sigma_X(s w_i - W^T \\lambda) \\le 0`; on R^d (``Free``)
+  only exact certificates with :math:`s w_i = W^T \\lambda` count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
+
+from . import domains as dom
+from .report import Report
+
+UNIT = 2.0**-53
+
+
+class VerifyResult(NamedTuple):
+    ok: bool
+    failed: np.ndarray  # token ids whose evidence does not hold
+    reasons: dict  # token id -> why (id -1: the head itself)
+    checked: int  # tokens whose verdict was re-proved
+
+
+def _gamma(n: int) -> float:
+    return 2.0 * n * UNIT / (1.0 - n * UNIT)
+
+
+def _sha256(W: np.ndarray, b: np.ndarray | None) -> str:
+    digest = hashlib.sha256()
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    digest.update(f"W{W.shape}".encode())
+    digest.update(W.tobytes())
+    if b is not None:
+        b = np.ascontiguousarray(b, dtype=np.float64)
+        digest.update(f"b{b.shape}".encode())
+        digest.update(b.tobytes())
+    return digest.hexdigest()
+
+
+def _box_bounds(domain, d):
+    lo = np.broadcast_to(np.asarray(domain.lo, np.float64), (d,))
+    hi = np.broadcast_to(np.asarray(domain.hi, np.float64), (d,))
+    return lo, hi
+
+
+def _in_domain(domain, x: np.ndarray) -> bool:
+    if not np.all(np.isfinite(x)):
+        return False
+    if isinstance(domain, dom.Free):
+        return True
+    if isinstance(domain, dom.Box):
+        lo, hi = _box_bounds(domain, x.shape[0])
+        return bool(np.all(lo <= x) and np.all(x <= hi))
+    centre = np.broadcast_to(np.asarray(domain.center, np.float64), x.shape)
+    radius = float(domain.radius)
+    distance = float(np.linalg.norm(x - centre))
+    if distance <= radius * (1 - 1e-12):
+        return True
+    exact = sum((Fraction(float(a)) - Fraction(float(c))) ** 2 for a, c in zip(x, centre))
+    return exact <= Fraction(radius) ** 2
+
+
+def _twin_groups(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    rows = np.asarray(W, np.float64) + 0.0
+    if b is not None:
+        rows = np.concatenate([rows, np.asarray(b, np.float64)[:, None] + 0.0], axis=1)
+    _, inverse = np.unique(rows, axis=0, return_inverse=True)
+    return inverse.reshape(-1)
+
+
+def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
+    """Re-prove every decided verdict of ``report`` from the weights alone.
+
+    Args:
+        report: a Report (from ``check`` or ``Report.load``).
+        W, b: the head the report claims to be about.
+        block: witnesses evaluated per product (memory is block x C).
+    """
+    W = np.asarray(W, np.float64)
+    b = None if b is None else np.asarray(b, np.float64)
+    C = report.verdict.shape[0]
+    reasons: dict[int, str] = {}
+    if W.ndim != 2 or W.shape != (report.head.get("classes"), report.head.get("dim")) or C != W.shape[0]:
+        reasons[-1] = f"weights of shape {W.shape} do not match the report's head {report.head.get('classes')} x {report.head.get('dim')}"
+        return VerifyResult(False, np.arange(C), reasons, 0)
+    if _sha256(W, b) != report.head.get("sha256"):
+        reasons[-1] = "sha256 of the weights differs from the report's: not the same head"
+        return VerifyResult(False, np.arange(C), reasons, 0)
+    d = W.shape[1]
+    bias = np.zeros(C) if b is None else b
+    domain = dom.validate(report.domain, d)
+    first_wins_ties = report.settings.get("ties", "strict") == "first"
+    groups = _twin_groups(W, b)
+
+    def fail(i, why):
+        reasons.setdefault(int(i), why)
+
+    verdict = np.asarray(report.verdict)
+    lower = np.asarray(report.lower, np.float64)
+    upper = np.asarray(report.upper, np.float64)
+    for i in np.flatnonzero((lower > upper) & np.isfinite(lower) & np.isfinite(upper)):
+        fail(i, f"lower bound {lower[i]} exceeds upper bound {upper[i]}")
+    for i in np.flatnonzero((verdict == 1) & ~(lower > 0)):
+        fail(i, f"argmaxable with lower bound {lower[i]} <= 0")
+    for i in np.flatnonzero((verdict == -1) & ~(upper <= 0)):
+        fail(i, f"unargmaxable with upper bound {upper[i]} > 0")
+
+    checked = _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail)
+    checked += _check_certificates(report, W, b, bias, domain, fail)
+    failed = np.array(sorted(i for i in reasons if i >= 0), dtype=np.int64)
+    return VerifyResult(not reasons, failed, reasons, checked)
+
+
+def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail) -> int:
+    C, d = W.shape
+    ids = np.asarray(report.witness_ids, np.int64)
+    X = np.asarray(report.witnesses, np.float64).reshape(-1, d)
+    argmaxable = set(np.flatnonzero(report.verdict == 1).tolist())
+    if ids.size != X.shape[0] or len(set(ids.tolist())) != ids.size:
+        for i in argmaxable:
+            fail(i, "witness table is malformed")
+        return 0
+    missing = argmaxable - set(ids.tolist())
+    for i in missing:
+        fail(i, "argmaxable but no witness")
+    absW = np.abs(W)
+    checked = 0
+    pad_factor = _gamma(d + 4)
+    for start in range(0, ids.size, block):
+        part = ids[start:start + block]
+        Xp = X[start:start + block]
+        if np.any((part < 0) | (part >= C)):
+            for i in part:
+                fail(i, "witness for a token id out of range")
+            continue
+        Z = Xp @ W.T + bias
+        mag = np.abs(Xp) @ absW.T
+        for r, i in enumerate(part):
+            i = int(i)
+            if i not in argmaxable:
+                continue
+            x = Xp[r]
+            if not _in_domain(domain, x):
+                fail(i, "witness lies outside the domain")
+                continue
+            gaps = Z[r, i] - Z[r]
+            pad = pad_factor * (mag[r, i] + mag[r] + abs(bias[i]) + np.abs(bias)) + 1e-300
+            competitors = np.ones(C, bool)
+            competitors[i] = False
+            if first_wins_ties:
+                competitors &= groups != groups[i]
+                if np.any((groups == groups[i]) & (np.arange(C) < i)):
+                    fail(i, "a lower-index twin wins the tie, so this token cannot be the argmax")
+                    continue
+            g = gaps[competitors]
+            p = pad[competitors]
+            if g.size and np.any(g + p < 0):
+                fail(i, "witness does not make the token the argmax")
+                continue
+            unsettled = np.flatnonzero(competitors)[np.flatnonzero(g - p <= 0)] if g.size else []
+            if len(unsettled) and not _exact_margin_positive(W, bias, i, x, unsettled):
+                fail(i, "witness does not make the token the strict argmax (exact check)")
+                continue
+            upper_estimate = float(np.min(g + p)) if g.size else np.inf
+            if report.lower[i] > upper_estimate * (1 + 1e-9) + 1e-12 * (1 + abs(upper_estimate)):
+                fail(i, f"stored lower bound {report.lower[i]} exceeds the margin {upper_estimate} at the witness")
+                continue
+            checked += 1
+    return checked
+
+
+def _exact_margin_positive(W, bias, i, x, rows) -> bool:
+    xs = [Fraction(float(v)) for v in x]
+    own = sum((Fraction(float(W[i, k])) * xs[k] for k in range(len(xs))), Fraction(float(bias[i])))
+    for j in rows:
+        other = sum((Fraction(float(W[j, k])) * xs[k] for k in range(len(xs))), Fraction(float(bias[j])))
+        if own - other <= 0:
+            return False
+    return True
+
+
+def _check_certificates(report, W, b, bias, domain, fail) -> int:
+    C, d = W.shape
+    ids = np.asarray(report.certificate_ids, np.int64)
+    offsets = np.asarray(report.certificate_offsets, np.int64)
+    support_all = np.asarray(report.certificate_support, np.int64)
+    weights_all = np.asarray(report.certificate_weights, np.float64)
+    rational_all = np.asarray(report.certificate_rational).astype(str)
+    unargmaxable = set(np.flatnonzero(report.verdict == -1).tolist())
+    well_formed = (offsets.size == ids.size + 1 and (offsets.size == 0 or offsets[0] == 0)
+                   and np.all(np.diff(offsets) >= 0) and (offsets.size == 0 or offsets[-1] == support_all.size)
+                   and support_all.size == weights_all.size == rational_all.size)
+    if not well_formed:
+        for i in unargmaxable:
+            fail(i, "certificate table is malformed")
+        return 0
+    for i in unargmaxable - set(ids.tolist()):
+        fail(i, "unargmaxable but no certificate")
+    checked = 0
+    for r, i in enumerate(ids):
+        i = int(i)
+        if i not in unargmaxable:
+            continue
+        support = support_all[offsets[r]:offsets[r + 1]]
+        weights = weights_all[offsets[r]:offsets[r + 1]]
+        rational = rational_all[offsets[r]:offsets[r + 1]]
+        if support.size == 0 or np.any((support < 0) | (support >= C)) or np.any(support == i):
+            fail(i, "certificate support is empty, out of range, or contains the token itself")
+            continue
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or not weights.sum() > 0:
+            fail(i, "certificate weights must be finite, >= 0 and not all zero")
+            continue
+        if all(text for text in rational):
+            value = _exact_certificate_value(W, bias, domain, i, support, weights, rational)
+            if isinstance(value, str):
+                fail(i, value)
+                continue
+            upper_value = value
+        elif isinstance(domain, dom.Free):
+            fail(i, "on R^d only an exact certificate (rational weights, s w_i = W^T lam) proves unargmaxable")
+            continue
+        else:
+            upper_value = _float_certificate_value(W, bias, domain, i, support, weights)
+            if not upper_value <= 0:
+                fail(i, f"certificate does not prove the margin <= 0 (rigorous bound {upper_value})")
+                continue
+        if report.upper[i] < float(upper_value) - 1e-9 * (1 + abs(float(upper_value))):
+            fail(i, f"stored upper bound {report.upper[i]} is below what the certificate proves ({float(upper_value)})")
+            continue
+        checked += 1
+    return checked
+
+
+def _exact_certificate_value(W, bias, domain, i, support, weights, rational):
+    """Exact U(lam)/s from rational weights, or a failure reason (str)."""
+    try:
+        lam = [Fraction(text) for text in rational]
+    except (ValueError, ZeroDivisionError):
+        return "certificate has malformed rational weights"
+    if any(v < 0 for v in lam) or sum(lam) <= 0:
+        return "certificate rational weights must be >= 0 and not all zero"
+    for v, w in zip(lam, weights):
+        if abs(float(v) - w) > 1e-6 * max(1.0, abs(w)):
+            return "certificate float and rational weights disagree"
+    d = W.shape[1]
+    s = sum(lam)
+    g = [s * Fraction(float(W[i, k])) - sum((v * Fraction(float(W[j, k])) for v, j in zip(lam, support)), Fraction(0))
+         for k in range(d)]
+    value = s * Fraction(float(bias[i])) - sum((v * Fraction(float(bias[j])) for v, j in zip(lam, support)), Fraction(0))
+    if isinstance(domain, dom.Box):
+        lo, hi = _box_bounds(domain, d)
+        value += sum((max(gk * Fraction(float(lo[k])), gk * Fraction(float(hi[k]))) for k, gk in enumerate(g)), Fraction(0))
+    elif isinstance(domain, dom.Ball):
+        centre = np.broadcast_to(np.asarray(domain.center, np.float64), (d,))
+        value += sum((gk * Fraction(float(centre[k])) for k, gk in enumerate(g)), Fraction(0))
+        norm2 = sum((gk * gk for gk in g), Fraction(0))
+        radius = Fraction(float(domain.radius))
+        # value + radius * sqrt(norm2) <= 0  <=>  value <= 0 and radius^2 norm2 <= value^2
+        if norm2 != 0:
+            if value > 0 or radius * radius * norm2 > value * value:
+                return "exact certificate does not prove the margin <= 0 on the ball"
+            return Fraction(0)
+    elif any(gk != 0 for gk in g):
+        return "on R^d a certificate needs s w_i = W^T lam exactly"
+    if value > 0:
+        return f"exact certificate value {float(value / s)} > 0"
+    return value / s
+
+
+def _float_certificate_value(W, bias, domain, i, support, weights) -> float:
+    """Rigorous float64 upper bound on U(lam)/s."""
+    d = W.shape[1]
+    k = support.size
+    s = float(weights.sum())
+    rows = W[support]
+    g = s * W[i] - weights @ rows
+    g_err = _gamma(k + 3) * (s * np.abs(W[i]) + weights @ np.abs(rows))
+    bias_part = s * bias[i] - weights @ bias[support]
+    bias_err = _gamma(k + 3) * (s * abs(bias[i]) + weights @ np.abs(bias[support]))
+    if isinstance(domain, dom.Box):
+        lo, hi = _box_bounds(domain, d)
+        extent = np.maximum(np.abs(lo), np.abs(hi))
+        sigma = float(np.sum(np.maximum(g * lo, g * hi)))
+        sigma_err = _gamma(d + 2) * float(np.sum(np.abs(g) * extent))
+    else:
+        centre = np.broadcast_to(np.asarray(domain.center, np.float64), (d,))
+        extent = np.abs(centre) + float(domain.radius)
+        sigma = float(g @ centre + float(domain.radius) * np.linalg.norm(g))
+        sigma_err = _gamma(d + 4) * float(np.abs(g) @ np.abs(centre) + float(domain.radius) * np.linalg.norm(g))
+    pad = bias_err + float(g_err @ extent) + sigma_err + _gamma(d + 4) * (abs(bias_part) + abs(sigma)) + 1e-300
+    total = bias_part + sigma + pad
+    return total / s * (1 + 8 * UNIT) if total > 0 else total / s * (1 - 8 * UNIT)
