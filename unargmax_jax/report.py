@@ -113,6 +113,13 @@ class Report:
             f"  undecided     {counts['undecided']:>9}",
             f"  seconds       {self.seconds:>9.2f}",
         ]
+        stages, stage_counts = np.unique(self.stage[self.verdict != 0], return_counts=True)
+        if stages.size:
+            lines.append("decided by stage: " + ", ".join(f"{s} {n}" for s, n in zip(stages, stage_counts)))
+        if self.twins:
+            groups = sorted({tuple(sorted([i, *t])) for i, t in self.twins.items()})
+            shown = "; ".join(" = ".join(str(i) for i in g) for g in groups[:10])
+            lines.append(f"exact ties (identical row and bias): {shown}{' ...' if len(groups) > 10 else ''}")
         bad = self.ids("unargmaxable")
         if bad.size:
             shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if bad.size > 20 else "")

@@ -1,0 +1,124 @@
+"""Loading heads, the exact oracle by hand, and the independent verifier against tampering."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from helpers import highs_margins, hull_vertices_argmaxable
+
+import unargmax_jax as ua
+from unargmax_jax import exact
+from unargmax_jax.heads import HeadError, load_head, validate_head
+
+
+def test_load_defaults_and_published_layout(tmp_path):
+    W = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.savez(tmp_path / "a.npz", W=W, b=np.ones(4, np.float32))
+    head = load_head(tmp_path / "a.npz")
+    assert head.W.shape == (4, 3) and head.bias_name == "b"
+    np.savez(tmp_path / "pub.npz", decoder_Wemb=W.T)
+    head = load_head(tmp_path / "pub.npz")
+    np.testing.assert_array_equal(head.W, W)
+    assert head.b is None and head.weight_name == "decoder_Wemb"
+    np.savez(tmp_path / "named.npz", emb=W, bias=np.zeros(4), other=np.zeros((2, 2)))
+    with pytest.raises(HeadError, match=r"2-D arrays in the file: \['emb', 'other'\]"):
+        load_head(tmp_path / "named.npz")
+    assert load_head(tmp_path / "named.npz", weight="emb", bias="bias").b.shape == (4,)
+    with pytest.raises(HeadError, match="no bias array named 'beta'"):
+        load_head(tmp_path / "named.npz", weight="emb", bias="beta")
+
+
+def test_half_precision_is_upcast_and_checked():
+    W, b = validate_head(np.ones((3, 2), np.float16), np.zeros(3, np.float16))
+    assert W.dtype == np.float32 and b.dtype == np.float32
+    with pytest.raises(HeadError, match=r"row 1, column 0"):
+        validate_head(np.array([[1, 2], [np.inf, 0]], np.float16))
+    with pytest.raises(HeadError, match="index 2"):
+        validate_head(np.ones((3, 2)), np.array([0.0, 0.0, np.nan]))
+
+
+def test_pickled_npz_is_never_unpickled(tmp_path):
+    np.savez(tmp_path / "p.npz", W=np.array([object()], dtype=object))
+    with pytest.raises(HeadError, match="refusing to unpickle"):
+        load_head(tmp_path / "p.npz")
+
+
+def test_exact_oracle_by_hand():
+    # d = 1: rows 1, 0, -1 without bias. The middle row is unargmaxable with margin 0.
+    W = np.array([[1.0], [0.0], [-1.0]])
+    assert exact.box_margins(W, None, -2.0, 2.0) == [Fraction(2), Fraction(0), Fraction(2)]
+    assert exact.free_verdicts(W) == [True, False, True]
+    # A bias lifts the middle row: min(0.5 - x, 0.5 + x) is largest, 1/2, at x = 0.
+    b = np.array([0.0, 0.5, 0.0])
+    assert exact.box_margins(W, b, -2.0, 2.0)[1] == Fraction(1, 2)
+    # A class that wins only for x > 150 has a negative margin on [-100, 100], not on R.
+    W2, b2 = np.array([[1.0], [0.0]]), np.array([-150.0, 0.0])
+    assert exact.box_margins(W2, b2, -100.0, 100.0)[0] == Fraction(-50)
+    assert exact.free_verdicts(W2, b2) == [True, True]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_oracle_agrees_with_highs_and_qhull(seed):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(7, 2))
+    b = rng.normal(size=7)
+    np.testing.assert_allclose([float(m) for m in exact.box_margins(W, b, -3.0, 3.0)],
+                               highs_margins(W, b, -3.0, 3.0), atol=1e-7)
+    assert exact.free_verdicts(W) == hull_vertices_argmaxable(W).tolist()
+
+
+@pytest.fixture(scope="module")
+def head_and_report():
+    rng = np.random.default_rng(21)
+    W = rng.normal(size=(40, 2))
+    b = rng.normal(size=40)
+    report = ua.check(W, b)
+    assert ua.verify(report, W, b).ok
+    return W, b, report
+
+
+def _copy(report):
+    import copy
+    return copy.deepcopy(report)
+
+
+def test_tampering_with_any_evidence_fails(head_and_report):
+    W, b, report = head_and_report
+    argmaxable = report.witness_ids[0]
+    unarg = report.certificate_ids[0]
+
+    def expect_failure(mutate, token):
+        bad = _copy(report)
+        mutate(bad)
+        result = ua.verify(bad, W, b)
+        assert not result.ok and token in result.failed.tolist(), result.reasons
+
+    expect_failure(lambda r: r.witnesses.__setitem__(0, -r.witnesses[0]), argmaxable)
+    expect_failure(lambda r: r.witnesses.__setitem__(0, r.witnesses[0] * 0 + 150.0), argmaxable)
+    expect_failure(lambda r: r.certificate_weights.__setitem__(0, -1.0), unarg)
+    expect_failure(lambda r: r.certificate_support.__setitem__(slice(0, r.certificate_offsets[1]), unarg), unarg)
+    expect_failure(lambda r: r.certificate_weights.__setitem__(slice(0, r.certificate_offsets[1]), 0.0), unarg)
+    expect_failure(lambda r: r.lower.__setitem__(argmaxable, r.lower[argmaxable] + 10.0), argmaxable)
+    expect_failure(lambda r: r.upper.__setitem__(unarg, r.upper[unarg] - 10.0), unarg)
+    expect_failure(lambda r: r.verdict.__setitem__(unarg, 1), unarg)
+    bad = _copy(report)
+    bad.head["sha256"] = "0" * 64
+    assert not ua.verify(bad, W, b).ok
+    assert not ua.verify(report, W, b + 1e-9).ok
+
+
+def test_verifier_refuses_a_float_check_that_rounding_fools():
+    """Logits 1e16 + 1 and 1e16 are equal in float64 (the +1 is rounded away), so a naive
+    float check cannot tell who wins at x = 1; the exact step must refuse token 1."""
+    W = np.array([[1e16], [1e16], [0.0]])
+    b = np.array([1.0, 0.0, 0.0])
+    report = ua.check(W, b, ua.Box(-1.0, 1.0))
+    assert report.verdict.tolist() == [1, -1, 1]
+    assert ua.verify(report, W, b).ok
+    # Claim token 1 argmaxable with the witness x = 1: z_1 = 1e16 < z_0 = 1e16 + 1 exactly.
+    bad = _copy(report)
+    bad.verdict[1], bad.lower[1] = 1, 1e-3
+    bad.witness_ids = np.append(bad.witness_ids, 1)
+    bad.witnesses = np.vstack([bad.witnesses, [[1.0]]])
+    result = ua.verify(bad, W, b)
+    assert not result.ok and 1 in result.failed.tolist()
