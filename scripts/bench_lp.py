@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--bias", action="store_true", help="add a Gaussian bias")
     parser.add_argument("--sample", type=int, default=200, help="hard tokens solved with HiGHS")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adaptive-step", action="store_true", help="PDLP's adaptive PDHG step size")
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -46,8 +47,9 @@ def main():
     b = rng.normal(size=args.classes).astype(np.float32) if args.bias else None
     domain = dom.Box(-100.0, 100.0)
 
-    check(W, b, domain)  # compile
-    report = check(W, b, domain)
+    options = {"pdhg_adaptive_step": args.adaptive_step}
+    check(W, b, domain, **options)  # compile
+    report = check(W, b, domain, **options)
     hard = np.flatnonzero(report.stage != "screen")
     ours = sum(report.stage_seconds[s] for s in ("ascent", "pdhg", "rational"))
     counts = report.counts()

@@ -73,6 +73,8 @@ def test_chunking_and_repeat_runs_give_identical_reports():
     b = rng.normal(size=90).astype(np.float32)
     big = ua.check(W, b, chunk_size=128)
     small = ua.check(W, b, chunk_size=7)
+    one_by_one = ua.check(W[:30], b[:30], chunk_size=1)
+    np.testing.assert_array_equal(one_by_one.verdict, ua.check(W[:30], b[:30], chunk_size=30).verdict)
     again = ua.check(W, b, chunk_size=128)
     np.testing.assert_array_equal(big.verdict, small.verdict)
     np.testing.assert_array_equal(big.verdict, again.verdict)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import highs_margins, small_heads
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 import unargmax_jax as ua
 from unargmax_jax import bounds, exact, pdhg
@@ -42,6 +42,8 @@ def _exact_lower(W, b, i, x):
 
 
 @given(small_heads(with_bias=True))
+# Regression: the weighted average of box points rounded to just outside the box.
+@example(head=(np.array([[0.0], [1.0], [0.0]]), np.array([0.0, 0.0, 1.0])))
 @settings(deadline=None, max_examples=25, derandomize=True)
 def test_solver_alone_brackets_the_exact_margin(head):
     """No screening, no ascent: (x, lam) from PDHG bracket the exact margin, and the gap
@@ -85,11 +87,12 @@ def test_gaussian_head_2000_by_5_without_bias():
     _agree_with_highs(report, W, None, sample, 1e-7)
 
 
-def test_gaussian_head_500_by_3_with_bias():
+@pytest.mark.parametrize("adaptive_step", [False, True])
+def test_gaussian_head_500_by_3_with_bias(adaptive_step):
     rng = np.random.default_rng(12)
     W = rng.normal(size=(500, 3)).astype(np.float32)
     b = rng.normal(size=500).astype(np.float32)
-    report = ua.check(W, b)
+    report = ua.check(W, b, pdhg_adaptive_step=adaptive_step)
     assert report.counts()["undecided"] == 0
     assert report.counts()["unargmaxable"] > 100
     assert ua.verify(report, W, b).ok
@@ -127,3 +130,40 @@ def test_planted_margins_of_plus_minus_1e_4(sign):
         assert abs(m - sign * 1e-4) < 1e-7  # HiGHS agrees the plant worked
         assert report.verdict[i] == sign, (i, m)
         assert report.lower[i] <= m + 1e-7 and m - 1e-7 <= report.upper[i]
+
+
+def test_time_limit_leaves_tokens_honestly_undecided():
+    rng = np.random.default_rng(16)
+    W = rng.normal(size=(300, 3))
+    b = rng.normal(size=300)
+    report = ua.check(W, b, max_seconds=0.0)
+    assert report.counts()["undecided"] == 300
+    assert set(report.stage.tolist()) == {"none"}
+    assert ua.verify(report, W, b).ok
+    capped = ua.check(W, b, pdhg_iterations=32, ascent_steps=10, rational_max_dim=0)
+    undecided = capped.ids("undecided")
+    assert ua.verify(capped, W, b).ok
+    truth = highs_margins(W, b, -100.0, 100.0, ids=undecided[:20])
+    assert np.all(capped.lower[undecided[:20]] <= truth + 1e-9) and np.all(truth - 1e-9 <= capped.upper[undecided[:20]])
+
+
+def test_float64_mode_in_a_subprocess(tmp_path):
+    """With jax_enable_x64 the whole solver runs in float64 and still verifies."""
+    import subprocess
+    import sys
+    script = (
+        "import jax; jax.config.update('jax_enable_x64', True)\n"
+        "import numpy as np, unargmax_jax as ua\n"
+        "rng = np.random.default_rng(17); W = rng.normal(size=(400, 3)); b = rng.normal(size=400)\n"
+        "r = ua.check(W, b); assert ua.verify(r, W, b).ok\n"
+        "from unargmax_jax.engine import _device_dtype; assert _device_dtype() == jax.numpy.float64\n"
+        "np.save(%r, r.verdict)\n" % str(tmp_path / "v.npy")
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdict = np.load(tmp_path / "v.npy", allow_pickle=False)
+    rng = np.random.default_rng(17)
+    W = rng.normal(size=(400, 3))
+    b = rng.normal(size=400)
+    truth = highs_margins(W, b, -100.0, 100.0)
+    np.testing.assert_array_equal(verdict, np.where(truth > 0, 1, -1))

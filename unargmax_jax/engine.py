@@ -41,6 +41,7 @@ class Settings(NamedTuple):
     ascent_steps: int = 300
     pdhg_iterations: int = 8192  # per token, in total
     pdhg_round_iterations: int = 512  # between competitor refreshes
+    pdhg_adaptive_step: bool = False  # PDLP's adaptive step size (see pdhg.solve)
     rational_max_dim: int = 64
     rational_seconds: float = 60.0
     free_box_radius: float = 1e4
@@ -160,10 +161,12 @@ def _ascent_chunk(head: _Head, ids, support, x0, domain, *, steps, learning_rate
     return result.x, witness, result.weights, upper
 
 
-@partial(jax.jit, static_argnames=("max_iterations", "tolerance", "decisive", "num_top"))
-def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, budget, domain, *, max_iterations, tolerance, decisive, num_top):
+@partial(jax.jit, static_argnames=("max_iterations", "tolerance", "decisive", "num_top", "adaptive_step"))
+def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, budget, domain, *, max_iterations, tolerance, decisive,
+                num_top, adaptive_step):
     problems = jax.vmap(pdhg.restrict)(head.W[ids], head.b[ids], head.W[support], head.b[support])
-    solve = partial(pdhg.solve, max_iterations=max_iterations, tolerance=tolerance, decisive=decisive)
+    solve = partial(pdhg.solve, max_iterations=max_iterations, tolerance=tolerance, decisive=decisive,
+                    adaptive_step=adaptive_step)
     result = jax.vmap(lambda p, x, l, o, n: solve(p, x, l, o, domain, budget=n))(problems, x0, lam0, omega0, budget)
     weights = result.lam / problems.row_scale
     witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
@@ -172,26 +175,14 @@ def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, budget, domain, *, 
 
 
 def _refresh_support(top, support, lam, *, keep):
-    """New competitor sets: rows carrying dual weight first, then the strongest at x."""
+    """New competitor sets: rows carrying dual weight first, then the strongest at x,
+    then the previous set (dict.fromkeys keeps the first occurrence, in order)."""
     k = support.shape[1]
-    keep_ids = np.where(lam > keep, support, -1)
     out = np.empty_like(support)
     for r in range(support.shape[0]):
-        kept = [int(j) for j in keep_ids[r] if j >= 0]
-        seen = set(kept)
-        for j in top[r]:
-            if len(kept) >= k:
-                break
-            if int(j) not in seen:
-                kept.append(int(j))
-                seen.add(int(j))
-        for j in support[r]:
-            if len(kept) >= k:
-                break
-            if int(j) not in seen:
-                kept.append(int(j))
-                seen.add(int(j))
-        out[r] = kept[:k]
+        carried = support[r][lam[r] > keep]
+        ordered = dict.fromkeys(int(j) for j in np.concatenate([carried, top[r], support[r]]))
+        out[r] = list(ordered)[:k]
     return out
 
 
@@ -380,8 +371,9 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
     # Without a bias and with 0 inside X, x = 0 shows m* >= 0: no float certificate can
     # exist, so the exact stage (if d allows it) takes over after a short PDHG run.
     zero_floor = b is None and _contains_origin(domain)
+    exact_available = d <= settings.rational_max_dim
     budget_per_token = settings.pdhg_iterations
-    if zero_floor and d <= settings.rational_max_dim:
+    if zero_floor and exact_available:
         budget_per_token = min(budget_per_token, 2 * settings.pdhg_round_iterations)
     state_of: dict[int, tuple] = {}
     used = np.zeros(U, np.int64)
@@ -401,7 +393,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
         result, wb, weights, U_rig = _pdhg_chunk(
             head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype), jnp.asarray(lam0, dtype),
             jnp.asarray(omega0, dtype), jnp.asarray(budget, jnp.int32), ddomain,
-            max_iterations=settings.pdhg_round_iterations, tolerance=tolerance, decisive=decisive, num_top=k)
+            max_iterations=settings.pdhg_round_iterations, tolerance=tolerance, decisive=decisive, num_top=k,
+            adaptive_step=settings.pdhg_adaptive_step)
         record_witness(ids, valid, result.x, wb, "pdhg")
         record_certificate(ids, valid, support, weights, U_rig, "pdhg")
         lam = np.asarray(result.lam, np.float64)
@@ -414,9 +407,11 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
         for r in range(valid):
             i = int(ids[r])
             used[i] += max(int(iterations[r]), 32)  # a call that could not iterate still counts
-            # A converged gap on a competitor set that already holds the strongest rows at
-            # x will not move: leave it to the rational stage.
-            stuck = status[r] == pdhg.CONVERGED and set(tops[r][: max(1, k // 4)].tolist()) <= set(support[r].tolist())
+            # A margin indistinguishable from 0 goes to the exact stage (which does its own
+            # row generation) when d allows; otherwise PDHG goes on until the strongest
+            # rows at x are all in the competitor set.
+            stuck = status[r] == pdhg.CONVERGED and (
+                exact_available or set(tops[r][: max(1, k // 4)].tolist()) <= set(support[r].tolist()))
             if verdict[i] != 0 or stuck or used[i] >= budget_per_token:
                 finished += 1
                 continue
@@ -445,7 +440,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
                     candidates.append(int(j))
             candidates = candidates[: 2 * (d + 1) + 8]
             outcome = rational.certify(W, b, lo_hi, int(i), np.asarray(candidates, np.int64),
-                                       deadline=rational_deadline)
+                                       deadline=rational_deadline, weights=np.sort(weights_i)[::-1])
             if outcome.verdict == -1:
                 verdict[i], stage[i], upper[i] = -1, "rational", min(upper[i], float(outcome.value))
                 upper[i] = min(upper[i], 0.0) if outcome.value == 0 else upper[i]

@@ -106,6 +106,7 @@ def solve(
     tolerance: float,
     decisive: float,
     budget: Int[Array, ""] | None = None,
+    adaptive_step: bool = False,
 ) -> PDHGResult:
     """Restarted PDHG on one token's restricted saddle problem.
 
@@ -121,20 +122,39 @@ def solve(
         tolerance: relative gap at which a near-zero margin counts as converged.
         decisive: relative margin at which the sign counts as clear.
         budget: per-token iteration budget (traced; 0 makes a padding slot free).
+        adaptive_step: PDLP's adaptive step size instead of the fixed safe step
+            0.95 / ||A|| (off by default: on the margin LPs measured so far it costs
+            more per iteration than it saves; see scripts/bench_lp.py --adaptive-step).
     """
     dtype = problem.A.dtype
-    eta = 0.95 / operator_norm(problem.A)
+    # Steps below 1/||A|| are always accepted, so the adaptive step can never stall.
+    eta_floor = 0.95 / operator_norm(problem.A)
     scale = jnp.linalg.norm(dom.extent(domain)) + jnp.max(jnp.abs(problem.c)) + jnp.finfo(dtype).tiny
     x0 = dom.project(domain, x0)
     lam0 = project_simplex(lam0)
 
-    def iterate(_, carry):
-        x, lam, x_sum, lam_sum, omega = carry
+    def iterate(step_index, carry):
+        x, lam, x_sum, lam_sum, weight, omega, eta = carry
         tau, sigma = eta / omega, eta * omega
         x_new = dom.project(domain, x + tau * jnp.matmul(lam, problem.A, precision=bounds.HIGHEST))
         extrapolated = 2 * x_new - x
         lam_new = project_simplex(lam - sigma * (jnp.matmul(problem.A, extrapolated, precision=bounds.HIGHEST) + problem.c))
-        return x_new, lam_new, x_sum + x_new, lam_sum + lam_new, omega
+        if not adaptive_step:
+            return x_new, lam_new, x_sum + eta * x_new, lam_sum + eta * lam_new, weight + eta, omega, eta
+        # PDLP's adaptive step (Applegate et al., 2021, section 3.1): accept if
+        # eta <= ||dz||_omega^2 / (2 |dlam^T A dx|), then move eta towards that limit.
+        dx, dlam = x_new - x, lam_new - lam
+        interaction = 2 * jnp.abs(jnp.dot(dlam, jnp.matmul(problem.A, dx, precision=bounds.HIGHEST)))
+        movement = omega * jnp.dot(dx, dx) + jnp.dot(dlam, dlam) / omega
+        eta_limit = jnp.where(interaction > 0, movement / jnp.maximum(interaction, jnp.finfo(dtype).tiny), jnp.inf)
+        accept = eta <= eta_limit
+        k = (step_index + 1).astype(dtype)
+        eta_next = jnp.minimum((1 - k ** -0.3) * eta_limit, (1 + k ** -0.6) * eta)
+        eta_next = jnp.clip(eta_next, eta_floor, 1e3 * eta_floor)
+        x = jnp.where(accept, x_new, x)
+        lam = jnp.where(accept, lam_new, lam)
+        w = jnp.where(accept, eta, 0.0)
+        return x, lam, x_sum + w * x_new, lam_sum + w * lam_new, weight + w, omega, eta_next
 
     def gap(x, lam):
         lower = primal_value(problem, x)
@@ -146,7 +166,8 @@ def solve(
         lam: Array
         x_sum: Array
         lam_sum: Array
-        count: Array  # iterations in the current average
+        count: Array  # total step weight in the current average
+        eta: Array  # current step size
         omega: Array
         x_anchor: Array  # iterate at the last restart
         lam_anchor: Array
@@ -159,14 +180,15 @@ def solve(
         upper: Array
 
     g0, l0, u0 = gap(x0, lam0)
-    state = Loop(x0, lam0, jnp.zeros_like(x0), jnp.zeros_like(lam0), jnp.zeros((), dtype), omega0.astype(dtype),
+    state = Loop(x0, lam0, jnp.zeros_like(x0), jnp.zeros_like(lam0), jnp.zeros((), dtype),
+                 jnp.asarray(eta_floor, dtype), omega0.astype(dtype),
                  x0, lam0, g0, g0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
                  jnp.asarray(RUNNING, jnp.int32), l0, u0)
 
     def status_of(lower, upper, gap_value):
         return jnp.where(lower > decisive * scale, POSITIVE,
                          jnp.where(upper < -decisive * scale, NEGATIVE,
-                                   jnp.where(gap_value <= tolerance * scale, CONVERGED, RUNNING)))
+                                   jnp.where(gap_value <= tolerance * scale, CONVERGED, RUNNING))).astype(jnp.int32)
 
     limit = max_iterations if budget is None else jnp.minimum(budget, max_iterations)
 
@@ -174,9 +196,11 @@ def solve(
         return (s.status == RUNNING) & (s.iterations < limit)
 
     def body(s: Loop):
-        x, lam, x_sum, lam_sum, omega = jax.lax.fori_loop(0, chunk, iterate, (s.x, s.lam, s.x_sum, s.lam_sum, s.omega))
-        count = s.count + chunk
-        x_avg, lam_avg = x_sum / count, lam_sum / count
+        x, lam, x_sum, lam_sum, count, omega, eta = jax.lax.fori_loop(
+            s.iterations, s.iterations + chunk, iterate, (s.x, s.lam, s.x_sum, s.lam_sum, s.count, s.omega, s.eta))
+        # Rounding in the weighted average can step just outside X: project it back.
+        x_avg = dom.project(domain, jnp.where(count > 0, x_sum / jnp.maximum(count, jnp.finfo(dtype).tiny), x))
+        lam_avg = jnp.where(count > 0, lam_sum / jnp.maximum(count, jnp.finfo(dtype).tiny), lam)
         gap_cur, lower_cur, upper_cur = gap(x, lam)
         gap_avg, lower_avg, upper_avg = gap(x_avg, lam_avg)
         use_avg = gap_avg < gap_cur
@@ -203,6 +227,7 @@ def solve(
             x_sum=jnp.where(restart, jnp.zeros_like(x_sum), x_sum),
             lam_sum=jnp.where(restart, jnp.zeros_like(lam_sum), lam_sum),
             count=jnp.where(restart, 0.0, count).astype(dtype),
+            eta=eta,
             omega=jnp.where(restart, new_omega, omega),
             x_anchor=jnp.where(restart, x_c, s.x_anchor),
             lam_anchor=jnp.where(restart, lam_c, s.lam_anchor),

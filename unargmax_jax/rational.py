@@ -124,6 +124,7 @@ def certify(
     candidates: np.ndarray,
     *,
     deadline: float,
+    weights: np.ndarray | None = None,
     max_pivots: int = 5000,
     max_rounds: int = 30,
 ) -> RationalVerdict:
@@ -147,6 +148,9 @@ def certify(
         hi = [Fraction(float(v)) for v in np.asarray(domain.hi)]
     rhs = [Fraction(float(v)) for v in W64[token]] + [Fraction(1)]
     quick = _simplex_certificate(W64, b64, token, T[: d + 1])
+    if quick is None and weights is not None and min(len(weights), len(T)) > d + 1:
+        n = min(len(weights), len(T))
+        quick = _simplex_certificate(W64, b64, token, _caratheodory(W64, T[:n], weights[:n]))
     if quick is not None:
         return quick
     slack_columns = [[Fraction(int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
@@ -204,6 +208,32 @@ def certify(
     return undecided
 
 
+def _caratheodory(W64, rows, weights) -> list:
+    """Float64 Caratheodory reduction: the same combination on at most d + 1 rows.
+
+    Moves along a null vector of [W_S^T; 1^T] until a weight reaches 0, repeatedly;
+    the surviving rows are the support to try exactly.
+    """
+    d = W64.shape[1]
+    rows = list(rows)
+    lam = np.maximum(np.asarray(weights, np.float64), 0.0)
+    keep = lam > 0
+    rows, lam = [r for r, k in zip(rows, keep) if k], lam[keep]
+    while len(rows) > d + 1:
+        M = np.vstack([W64[rows].T, np.ones(len(rows))])
+        null = np.linalg.svd(M)[2][-1]
+        if not np.any(null > 0):
+            null = -null
+        positive = null > 0
+        step = np.min(lam[positive] / null[positive])
+        lam = lam - step * null
+        drop = int(np.flatnonzero(positive)[np.argmin(lam[positive])])
+        rows.pop(drop)
+        lam = np.delete(lam, drop)
+        lam = np.maximum(lam, 0.0)
+    return [rows[i] for i in np.argsort(-lam)]
+
+
 def _simplex_certificate(W64, b64, token, rows) -> RationalVerdict | None:
     """Fast path: w_i as an exact affine combination of d + 1 rows; a certificate if the
     weights are >= 0 and the bias condition holds (then g = 0 and U = b_i - lam.b <= 0)."""
@@ -224,7 +254,11 @@ def _simplex_certificate(W64, b64, token, rows) -> RationalVerdict | None:
 
 
 def _solve_square(matrix, rhs):
-    """Exact Gaussian elimination; None if singular."""
+    """Exact Gaussian elimination; None if singular.
+
+    (``exact._solve`` is the same textbook routine, kept apart on purpose: the oracle
+    the tests trust must not share code with the solver it judges.)
+    """
     n = len(rhs)
     rows = [list(r) + [v] for r, v in zip(matrix, rhs)]
     for col in range(n):

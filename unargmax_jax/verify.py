@@ -37,6 +37,7 @@ def _gamma(n: int) -> float:
 
 
 def _sha256(W: np.ndarray, b: np.ndarray | None) -> str:
+    """Same recipe as ``report.head_sha256``, re-implemented: the checker shares no code."""
     digest = hashlib.sha256()
     W = np.ascontiguousarray(W, dtype=np.float64)
     digest.update(f"W{W.shape}".encode())
