@@ -12,6 +12,7 @@ all rows for a random sample of the hard tokens (scipy.optimize.linprog, method
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -66,7 +67,7 @@ def main():
 
     ours_rate = hard.size / ours if ours > 0 else float("inf")
     highs_rate = 1.0 / highs_per_token if highs_per_token > 0 else float("inf")
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {platform.system()}, python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, python {platform.python_version()}")
     print(f"head: {args.classes} x {args.dim}, bias={args.bias}; verdicts {counts}")
     print(f"hard tokens (not decided by screening): {hard.size}")
     print(f"ours:  {ours_rate:10.1f} hard tokens/s  (ascent+pdhg+rational {ours:.2f}s)")

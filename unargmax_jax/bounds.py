@@ -17,14 +17,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int
 
 from . import domains as dom
 
 HIGHEST = jax.lax.Precision.HIGHEST
-
-ARGMAXABLE, UNDECIDED, UNARGMAXABLE = 1, 0, -1
 
 
 def gamma(n: int, dtype) -> float:
@@ -139,12 +136,3 @@ def certificate_bound(
 certificate_bounds = jax.vmap(certificate_bound, in_axes=(None, None, None, 0, 0, 0))
 """Batched :func:`certificate_bound` over tokens (W, b, domain shared)."""
 
-
-def verdicts(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """The verdict rule: argmaxable if L > 0, unargmaxable if U <= 0, else undecided."""
-    lower = np.asarray(lower)
-    upper = np.asarray(upper)
-    out = np.zeros(lower.shape, np.int8)
-    out[lower > 0] = ARGMAXABLE
-    out[upper <= 0] = UNARGMAXABLE
-    return out
