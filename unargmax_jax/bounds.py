@@ -65,7 +65,7 @@ def witness_bounds(
     *,
     num_top: int,
 ) -> WitnessBounds:
-    """Rigorous :math:`L_i(x_i)` for each (token, point) pair against all C rows.
+    r"""Rigorous :math:`L_i(x_i)` for each (token, point) pair against all C rows.
 
     The rounding pad bounds every row at once with
     :math:`|w_j|^T |x| \le \max_j \|w_j\|_2 \|x\|_2`: it costs one reduction instead

@@ -60,7 +60,7 @@ def restrict(w_own, b_own, rows, biases) -> Restricted:
 
 
 def project_simplex(v: Float[Array, " k"]) -> Float[Array, " k"]:
-    """Euclidean projection onto the probability simplex.
+    r"""Euclidean projection onto the probability simplex.
 
     .. math:: P(v) = \max(v - \theta, 0), \quad \theta = \max_j \frac{\sum_{i: v_i \ge v_j} v_i - 1}{|\{i: v_i \ge v_j\}|}
 
