@@ -1,6 +1,13 @@
-"""The unargmax command: exit codes, messages, files, tampering."""
+"""The unargmax command: exit codes, one-line errors, files written, verification, tampering.
 
+The first half never runs the engine (``engine.check`` is replaced by a tripwire): bad
+input must be refused before any work. The second half runs ``check`` end to end.
+"""
+
+import importlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -9,6 +16,29 @@ import pytest
 
 from unargmax_jax.cli import main
 from unargmax_jax.heads import example_head_path
+
+# The package re-exports the functions check and verify, which shadow the module names.
+engine_module = importlib.import_module("unargmax_jax.engine")
+verify_module = importlib.import_module("unargmax_jax.verify")
+EXAMPLE_UNARGMAXABLE = [3, 7, 11, 20, 33, 46, 59]  # planted by scripts/make_example_head.py
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unargmax: error: "), captured.err
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    return lines[0]
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    """Fail the test if the engine is reached."""
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the engine ran although the input is bad")
+
+    monkeypatch.setattr(engine_module, "check", tripwire)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +52,139 @@ def head_file(tmp_path_factory):
     return path
 
 
+# ------------------------------------------------------------ bad input: exit 2
+BAD_HEADS = [
+    ("nan", lambda p: np.savez(p, W=np.array([[1.0, np.nan], [0.0, 1.0]])), "expected finite weights, got nan at (row 0, column 1)"),
+    ("inf-bias", lambda p: np.savez(p, W=np.ones((2, 2)), b=np.array([0.0, np.inf])), "expected a finite bias, got inf at index 1"),
+    ("rank-3", lambda p: np.savez(p, W=np.ones((2, 2, 2))), "expected 2-D weights"),
+    ("rank-1", lambda p: np.savez(p, W=np.ones(4)), "got shape (4,)"),
+    ("length", lambda p: np.savez(p, W=np.ones((3, 2)), b=np.ones(4)), "expected a bias of shape (3,)"),
+    ("no-name", lambda p: np.savez(p, V=np.ones((3, 2))), "no weight array named W or decoder_Wemb"),
+    ("no-classes", lambda p: np.savez(p, W=np.zeros((0, 2))), "expected at least one class and one feature, got shape (0, 2)"),
+    ("no-features", lambda p: np.savez(p, W=np.zeros((2, 0))), "got shape (2, 0)"),
+    ("pickled", lambda p: np.savez(p, W=np.array([{"a": 1}], dtype=object)), "contains pickled object arrays; refusing to unpickle"),
+    ("pickled-bias", lambda p: np.savez(p, W=np.ones((1, 2)), b=np.array([None], dtype=object)), "refusing to unpickle"),
+    ("strings", lambda p: np.savez(p, W=np.array([["a", "b"]])), "expected real floating-point or integer weights"),
+    ("not-zip", lambda p: p.write_bytes(b"not a zip"), "not a readable .npz"),
+    ("empty-file", lambda p: p.write_bytes(b""), "not a readable .npz"),
+]
+
+
+@pytest.mark.parametrize("name, make, expected", BAD_HEADS, ids=[case[0] for case in BAD_HEADS])
+def test_bad_head_exits_2_with_one_line(tmp_path, capsys, no_engine, name, make, expected):
+    path = tmp_path / "bad.npz"
+    make(path)
+    out = tmp_path / "never"
+    assert main(["check", str(path), "--out", str(out), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert expected in line and str(path) in line, line
+    assert not out.exists()
+
+
+def test_bad_usage_exits_2_with_one_line(tmp_path, head_file, capsys, no_engine):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    out = tmp_path / "never"
+    cases = [
+        (["--out", str(a_file)], "exists and is not a directory"),
+        (["--out", str(a_file / "sub")], "is not a directory"),
+        (["--domain", "cube:3"], "bad domain 'cube:3'"),
+        (["--domain", "box:2,1"], "bad domain"),
+        (["--domain", "ball:-1"], "bad domain"),
+        (["--domain", "box:nan"], "bad domain"),
+        (["--weight", "nope"], "no array named 'nope'; 2-D arrays in the file: ['W']"),
+        (["--bias", "nope"], "no bias array named 'nope'"),
+        (["--chunk-size", "0"], "--chunk-size: expected a positive integer, got 0"),
+        (["--max-seconds", "-1"], "--max-seconds: expected a finite number >= 0"),
+        (["--max-seconds", "nan"], "--max-seconds"),
+        (["--seed", "-1"], "--seed: expected an integer in [0, 2^32)"),
+        (["--example"], "give a head file or --example (exactly one)"),
+    ]
+    for extra, expected in cases:
+        argv = ["check", str(head_file), "--out", str(out), "--quiet", *extra]
+        assert main(argv) == 2, argv
+        line = one_error_line(capsys)
+        assert expected in line, (argv, line)
+        assert not out.exists()
+    for argv, expected in [
+        (["check", "--out", str(out)], "give a head file or --example"),
+        (["check", str(tmp_path / "missing.npz"), "--out", str(out)], "missing.npz: no such file"),
+        (["check", str(tmp_path), "--out", str(out)], "is a directory"),
+        (["check", str(a_file), "--out", str(out)], "unsupported file type '(no suffix)'; supported: .npz"),
+    ]:
+        assert main(argv) == 2, argv
+        assert expected in one_error_line(capsys)
+        assert not out.exists()
+
+
+def test_unwritable_output_is_refused_before_running(tmp_path, head_file, capsys, no_engine, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # Simulate a read-only directory (chmod does not stop root, who may run the tests).
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(locked) else real_access(path, mode))
+    for out in (locked, locked / "new" / "deeper"):
+        assert main(["check", str(head_file), "--out", str(out), "--quiet"]) == 2
+        assert "not writable" in one_error_line(capsys)
+    assert list(locked.iterdir()) == []
+
+
+def test_argparse_errors_exit_2(capsys):
+    for argv in (["check", "--bogus"], [], ["frobnicate"], ["check", "h.npz", "--ties", "sometimes"],
+                 ["check", "h.npz", "--bias", "b", "--no-bias"], ["check", "h.npz", "--chunk-size", "many"],
+                 ["verify", "somewhere"]):
+        assert main(argv) == 2, argv
+        assert "usage:" in capsys.readouterr().err
+    assert main(["--version"]) == 0
+    assert "unargmax_jax" in capsys.readouterr().out
+    assert main(["check", "--help"]) == 0
+
+
+def test_verify_bad_report_dirs_exit_2(tmp_path, head_file, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [(tmp_path / "missing", "no report.json"), (empty, "no report.json")]
+    broken_json = tmp_path / "json"
+    broken_json.mkdir()
+    (broken_json / "report.json").write_text("{not json")
+    cases.append((broken_json, "is not valid JSON"))
+    wrong_format = tmp_path / "format"
+    wrong_format.mkdir()
+    (wrong_format / "report.json").write_text(json.dumps({"format": "something-else"}))
+    cases.append((wrong_format, "expected format 'unargmax-report/1'"))
+    no_tokens = tmp_path / "fields"
+    no_tokens.mkdir()
+    (no_tokens / "report.json").write_text(json.dumps({"format": "unargmax-report/1", "head": {}}))
+    np.savez(no_tokens / "certificates.npz", witness_ids=np.zeros(0, np.int64))
+    cases.append((no_tokens, "damaged report"))
+    for directory, expected in cases:
+        assert main(["verify", str(directory), "--weights", str(head_file)]) == 2, directory
+        assert expected in one_error_line(capsys)
+
+
+def test_engine_bugs_keep_their_traceback(tmp_path, head_file, monkeypatch):
+    """Only input problems become one-line errors; a failure inside the engine is a bug."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("internal inconsistency")
+
+    monkeypatch.setattr(engine_module, "check", broken)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["check", str(head_file), "--out", str(tmp_path / "o"), "--quiet"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_interrupt_exits_130_without_output(tmp_path, head_file, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_module, "check", interrupted)
+    assert main(["check", str(head_file), "--out", str(tmp_path / "o"), "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def checked_dir(head_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "run"
@@ -35,79 +198,132 @@ def test_check_writes_a_complete_report(checked_dir, head_file):
     assert [t["id"] for t in data["tokens"]] == list(range(50))
     assert data["summary"]["undecided"] == 0
     assert data["tokens"][9]["verdict"] == "unargmaxable" and data["tokens"][9]["twins"] == [2]
-    assert data["head"]["source"] == str(head_file) and data["head"]["weight_name"] == "W"
-    assert (checked_dir / "certificates.npz").exists()
-
-
-def test_verify_accepts_then_rejects_tampering(checked_dir, head_file, tmp_path, capsys):
-    assert main(["verify", str(checked_dir), "--weights", str(head_file)]) == 0
+    assert data["head"]["source"] == str(head_file)
+    assert (data["head"]["weight_name"], data["head"]["bias_name"], data["head"]["has_bias"]) == ("W", "b", True)
     with np.load(checked_dir / "certificates.npz", allow_pickle=False) as npz:
+        assert {"witness_ids", "witnesses", "certificate_ids", "certificate_weights"} <= set(npz.files)
+
+
+def test_verify_accepts_the_report(checked_dir, head_file, capsys):
+    assert main(["verify", str(checked_dir), "--weights", str(head_file)]) == 0
+    assert "verified 50 tokens: all witnesses and certificates hold" in capsys.readouterr().out
+
+
+def copy_with(src, dst, mutate):
+    """Copy a report directory, changing its certificates.npz arrays with ``mutate``."""
+    shutil.copytree(src, dst)
+    with np.load(dst / "certificates.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k].copy() for k in npz.files}
-    tampered = tmp_path / "tampered"
-    tampered.mkdir()
-    (tampered / "report.json").write_text((checked_dir / "report.json").read_text())
-    arrays["witnesses"][0] = -arrays["witnesses"][0]
-    np.savez(tampered / "certificates.npz", **arrays)
-    capsys.readouterr()
-    assert main(["verify", str(tampered), "--weights", str(head_file)]) == 1
+    mutate(arrays)
+    np.savez(dst / "certificates.npz", **arrays)
+    return arrays
+
+
+def test_verify_rejects_a_tampered_witness(checked_dir, head_file, tmp_path, capsys):
+    def flip(arrays):
+        arrays["witnesses"][0] = -arrays["witnesses"][0]
+
+    arrays = copy_with(checked_dir, tmp_path / "t", flip)
+    assert main(["verify", str(tmp_path / "t"), "--weights", str(head_file)]) == 1
     out = capsys.readouterr().out
-    assert f"token {int(arrays['witness_ids'][0])}" in out
+    assert "verification FAILED" in out and f"token {int(arrays['witness_ids'][0])}:" in out
+
+
+def test_verify_rejects_a_tampered_certificate(checked_dir, head_file, tmp_path, capsys):
+    def zero(arrays):
+        stop = arrays["certificate_offsets"][1]
+        arrays["certificate_weights"][:stop] = 0.0
+
+    arrays = copy_with(checked_dir, tmp_path / "t", zero)
+    assert main(["verify", str(tmp_path / "t"), "--weights", str(head_file)]) == 1
+    assert f"token {int(arrays['certificate_ids'][0])}:" in capsys.readouterr().out
+
+
+def test_verify_against_other_weights_fails_cleanly(checked_dir, head_file, tmp_path, capsys):
+    with np.load(head_file) as npz:
+        W, b = npz["W"], npz["b"]
+    other = tmp_path / "other.npz"
+    np.savez(other, W=W, b=b + np.float32(1))
+    assert main(["verify", str(checked_dir), "--weights", str(other)]) == 1
+    out = capsys.readouterr().out
+    assert "verification FAILED for 50 token(s)" in out and "head: sha256" in out
+    smaller = tmp_path / "smaller.npz"
+    np.savez(smaller, W=W[:10], b=b[:10])
+    assert main(["verify", str(checked_dir), "--weights", str(smaller)]) == 1
+    assert "do not match" in capsys.readouterr().out
+    no_bias = tmp_path / "nobias.npz"
+    np.savez(no_bias, W=W)
+    assert main(["verify", str(checked_dir), "--weights", str(no_bias)]) == 2  # the report names bias "b"
+    assert "no bias array named 'b'" in one_error_line(capsys)
 
 
 def test_fail_on_and_verify_flags(head_file, tmp_path, capsys):
-    assert main(["check", str(head_file), "--out", str(tmp_path / "a"), "--quiet", "--verify",
-                 "--fail-on", "unargmaxable"]) == 1
-    out = capsys.readouterr().out
-    assert "verified" in out and "--fail-on unargmaxable" in out
+    out = tmp_path / "a"
+    assert main(["check", str(head_file), "--out", str(out), "--quiet", "--verify", "--fail-on", "unargmaxable"]) == 1
+    printed = capsys.readouterr().out
+    assert "verified 50 decided tokens independently" in printed
+    assert "unargmaxable token(s) (--fail-on unargmaxable)" in printed
+    assert (out / "report.json").exists()  # the report is written even when the check fails
 
 
-def test_example_runs(tmp_path, capsys):
-    assert main(["check", "--example", "--out", str(tmp_path / "ex"), "--quiet", "--verify"]) == 0
-    out = capsys.readouterr().out
-    assert "unargmaxable" in out and "3 = 7" in out
+def test_failed_verification_exits_1_and_keeps_the_report(head_file, tmp_path, capsys, monkeypatch):
+    def always_fails(report, W, b=None, **kwargs):
+        return verify_module.VerifyResult(False, np.array([4]), {4: "planted failure"}, 0)
+
+    monkeypatch.setattr(verify_module, "verify", always_fails)
+    out = tmp_path / "v"
+    assert main(["check", str(head_file), "--out", str(out), "--quiet", "--verify"]) == 1
+    printed = capsys.readouterr().out
+    assert "verification FAILED for 1 token(s): [4]" in printed and "token 4: planted failure" in printed
+    assert (out / "report.json").exists()
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda p: np.savez(p, W=np.array([[1.0, np.nan], [0.0, 1.0]])), "finite"),
-    (lambda p: np.savez(p, W=np.ones((2, 2, 2))), "2-D"),
-    (lambda p: np.savez(p, W=np.ones((3, 2)), b=np.ones(4)), "bias of shape (3,)"),
-    (lambda p: np.savez(p, V=np.ones((3, 2))), "no weight array"),
-    (lambda p: np.savez(p, W=np.zeros((0, 2))), "at least one class"),
-    (lambda p: np.savez(p, W=np.array([{"a": 1}], dtype=object)), "refusing to unpickle"),
-    (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz"),
-])
-def test_bad_input_exits_2_with_one_line(tmp_path, capsys, make, expected):
-    path = tmp_path / "bad.npz"
-    make(path)
-    out = tmp_path / "never"
-    assert main(["check", str(path), "--out", str(out), "--quiet"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("unargmax: error:") and expected in err[0], err
-    assert not out.exists()
+def test_no_bias_ties_first_and_default_out(head_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", str(head_file), "--quiet", "--no-bias", "--ties", "first", "--fail-on", "undecided"]) == 0
+    out = tmp_path / "unargmax-out"
+    data = json.loads((out / "report.json").read_text())
+    assert data["head"]["has_bias"] is False and data["head"]["bias_name"] is None
+    assert data["settings"]["ties"] == "first"
+    assert data["tokens"][9]["verdict"] == "unargmaxable" and data["tokens"][9]["twins"] == [2]
+    capsys.readouterr()
+    # The file has a bias "b", but the report was made without one: verify reads it the same way.
+    assert main(["verify", str(out), "--weights", str(head_file)]) == 0
+    assert main(["verify", str(out), "--weights", str(head_file), "--bias", "b"]) == 1
 
 
-def test_usage_errors_exit_2(tmp_path, head_file, capsys):
-    afile = tmp_path / "file"
-    afile.write_text("x")
-    cases = [
-        ["check", str(head_file), "--out", str(afile)],
-        ["check", str(head_file), "--domain", "cube:3", "--out", str(tmp_path / "o")],
-        ["check", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")],
-        ["check", str(head_file), "--weight", "nope", "--out", str(tmp_path / "o")],
-        ["check", "--out", str(tmp_path / "o")],
-        ["verify", str(tmp_path), "--weights", str(head_file)],
-    ]
-    for argv in cases:
-        assert main(argv + ["--quiet"] if argv[0] == "check" else argv) == 2, argv
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("unargmax: error:"), (argv, err)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["check", "--bogus"])
-    assert exit_info.value.code == 2
+def test_example_shows_every_kind_of_verdict(tmp_path, capsys):
+    out = tmp_path / "ex"
+    assert main(["check", "--example", "--out", str(out), "--quiet", "--verify", "--fail-on", "unargmaxable"]) == 1
+    printed = capsys.readouterr().out
+    assert "head: 60 classes x 3 features, with bias" in printed and "3 = 7" in printed
+    assert "unargmaxable ids: " + ", ".join(map(str, EXAMPLE_UNARGMAXABLE)) in printed
+    assert "verified 60 decided tokens independently" in printed
+    tokens = json.loads((out / "report.json").read_text())["tokens"]
+    assert [t["id"] for t in tokens if t["verdict"] == "unargmaxable"] == EXAMPLE_UNARGMAXABLE
+    assert all(t["verdict"] != "undecided" for t in tokens)
+    assert tokens[3]["stage"] == tokens[7]["stage"] == "tie"
+    assert tokens[11]["upper"] == 0.0  # margin exactly 0: proved in exact arithmetic
+    assert tokens[50]["verdict"] == "argmaxable"  # a zero row rescued by the largest bias
+    assert main(["verify", str(out), "--weights", str(example_head_path())]) == 0
 
 
-def test_console_module_entry_point(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", str(example_head_path()), "--out",
-                           str(tmp_path / "m"), "--quiet", "--fail-on", "undecided"], capture_output=True, text=True)
+def test_module_entry_point(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--domain", "free",
+                           "--out", str(tmp_path / "m"), "--quiet", "--fail-on", "undecided"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "argmaxable" in done.stdout
+    # On all of R^d token 59 (it only wins outside [-100, 100]^3) is argmaxable.
+    assert "unargmaxable ids: 3, 7, 11, 20, 33, 46\n" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(tmp_path / "x"),
+                           "--domain", "box:1,0"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("unargmax: error: bad domain") and not (tmp_path / "x").exists()
+
+
+def test_time_limit_leaves_tokens_undecided_and_fail_on_undecided(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["check", "--example", "--max-seconds", "0", "--out", str(out), "--quiet", "--fail-on", "undecided"]) == 1
+    printed = capsys.readouterr().out
+    assert "undecided token(s) (--fail-on undecided)" in printed
+    assert main(["verify", str(out), "--weights", str(example_head_path())]) == 0
+    assert "undecided token(s) carry no evidence" in capsys.readouterr().out

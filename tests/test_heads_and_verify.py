@@ -122,3 +122,17 @@ def test_verifier_refuses_a_float_check_that_rounding_fools():
     bad.witnesses = np.vstack([bad.witnesses, [[1.0]]])
     result = ua.verify(bad, W, b)
     assert not result.ok and 1 in result.failed.tolist()
+
+
+def test_damaged_report_is_a_value_error(tmp_path):
+    import json
+    rng = np.random.default_rng(4)
+    ua.check(rng.normal(size=(5, 2))).save(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    del data["tokens"][0]["verdict"]
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="damaged report"):
+        ua.Report.load(tmp_path)
+    (tmp_path / "certificates.npz").write_bytes(b"garbage")
+    with pytest.raises(ValueError):
+        ua.Report.load(tmp_path)

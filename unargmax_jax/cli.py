@@ -1,18 +1,26 @@
 """The ``unargmax`` command: ``check`` a head, ``verify`` a report.
 
 Exit codes: 0 success; 1 the check found what ``--fail-on`` forbids, or verification
-failed; 2 bad input or usage (one line on stderr, no traceback, no output written).
+failed; 2 bad input or usage (one line ``unargmax: error: ...`` on stderr, no traceback,
+no output written). Everything about the input (arguments, output path, head file,
+domain) is validated before the engine runs, so an error from the engine itself is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 from . import domains as dom
 from ._version import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+_MAX_SEED = 2**32
 
 
 class UsageError(Exception):
@@ -20,45 +28,70 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unargmax", description="Which tokens of a softmax head can be the argmax, with proofs.")
+    parser = argparse.ArgumentParser(prog="unargmax",
+                                     description="Which tokens of a softmax head can be the argmax, with proofs.")
     parser.add_argument("--version", action="version", version=f"unargmax_jax {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,verify}")
 
     check = sub.add_parser("check", help="decide every token of a head and write a report")
     check.add_argument("head", nargs="?", help="head file (.npz)")
     check.add_argument("--example", action="store_true", help="use the bundled example head")
-    check.add_argument("--weight", help="array name of W (default W, or decoder_Wemb stored d x C)")
-    check.add_argument("--bias", help="array name of b (default b if present)")
-    check.add_argument("--domain", default="box:100", help="box:R | box:LO,HI | ball:R | free (default box:100)")
+    _add_head_names(check)
+    check.add_argument("--domain", default="box:100",
+                       help="box:R | box:LO,HI | ball:R | free (default box:100, i.e. [-100, 100]^d)")
     check.add_argument("--out", default="unargmax-out", help="output directory (default ./unargmax-out)")
     check.add_argument("--ties", choices=["strict", "first"], default="strict",
                        help="strict: exact duplicates are unargmaxable; first: lowest index wins a tie")
     check.add_argument("--fail-on", choices=["unargmaxable", "undecided"], action="append", default=[],
                        help="exit 1 if any token has this verdict (repeatable)")
-    check.add_argument("--seed", type=int, default=0)
-    check.add_argument("--chunk-size", type=int, default=128, help="tokens per batch")
-    check.add_argument("--max-seconds", type=float, help="stop starting new work after this long")
+    check.add_argument("--seed", type=int, default=0, help="PRNG seed for random starting points (default 0)")
+    check.add_argument("--chunk-size", type=int, default=128, help="tokens per batch (default 128)")
+    check.add_argument("--max-seconds", type=float, help="stop starting new work after this long; the rest stays undecided")
     check.add_argument("--verify", action="store_true", help="re-check the evidence independently afterwards")
-    check.add_argument("--quiet", action="store_true", help="no progress line")
+    check.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
-    verify = sub.add_parser("verify", help="re-check a report's witnesses and certificates")
+    verify = sub.add_parser("verify", help="re-check a report's witnesses and certificates against the weights")
     verify.add_argument("report_dir", help="directory holding report.json and certificates.npz")
     verify.add_argument("--weights", required=True, help="the head file the report is about")
-    verify.add_argument("--weight", help="array name of W")
-    verify.add_argument("--bias", help="array name of b")
+    _add_head_names(verify)
     return parser
 
 
+def _add_head_names(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weight", help="array name of W (default W, else decoder_Wemb stored d x C)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--bias", help="array name of b (default b if present)")
+    group.add_argument("--no-bias", action="store_true", help="ignore any bias in the file")
+
+
 def _prepare_out_dir(path: str) -> Path:
+    """Check that ``path`` can become the output directory, without creating anything."""
     out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} exists and is not a directory")
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"output directory {out} is not writable")
+    if out.exists():
+        if not out.is_dir():
+            raise UsageError(f"output path {out} exists and is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UsageError(f"output directory {out} is not writable")
+        return out
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot create output directory {out}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create output directory {out}: {ancestor} is not writable")
     return out
+
+
+def _check_options(args) -> None:
+    if args.example == bool(args.head):
+        raise UsageError("give a head file or --example (exactly one)")
+    if args.chunk_size <= 0:
+        raise UsageError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
+    if args.max_seconds is not None and not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
+        raise UsageError(f"--max-seconds: expected a finite number >= 0, got {args.max_seconds}")
+    if not 0 <= args.seed < _MAX_SEED:
+        raise UsageError(f"--seed: expected an integer in [0, 2^32), got {args.seed}")
 
 
 def _run_check(args) -> int:
@@ -66,68 +99,111 @@ def _run_check(args) -> int:
     from .heads import example_head_path, load_head
     from .verify import verify
 
-    if args.example == bool(args.head):
-        raise UsageError("give a head file or --example (exactly one)")
-    if args.chunk_size <= 0:
-        raise UsageError(f"--chunk-size must be positive, got {args.chunk_size}")
-    if args.max_seconds is not None and args.max_seconds < 0:
-        raise UsageError(f"--max-seconds must be >= 0, got {args.max_seconds}")
-    domain = dom.parse(args.domain)
-    out = _prepare_out_dir(args.out)
-    head = load_head(example_head_path() if args.example else args.head, weight=args.weight, bias=args.bias)
+    # Every input problem surfaces here, before any work and before anything is written.
+    try:
+        _check_options(args)
+        domain = dom.parse(args.domain)
+        out = _prepare_out_dir(args.out)
+        head = load_head(example_head_path() if args.example else args.head,
+                         weight=args.weight, bias=args.bias, no_bias=args.no_bias)
+        dom.validate(domain, head.W.shape[1])
+    except (UsageError, ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
+        return _error(err)
+
     report = check(head.W, head.b, domain, ties=args.ties, seed=args.seed, chunk_size=args.chunk_size,
                    max_seconds=args.max_seconds, progress=not args.quiet)
     report.head.update(source=head.source, weight_name=head.weight_name, bias_name=head.bias_name)
     print(report.summary_table())
-    status = 0
+    status = EXIT_OK
     if args.verify:
         result = verify(report, head.W, head.b)
         if result.ok:
             print(f"verified {result.checked} decided tokens independently: all evidence holds")
         else:
-            print(f"VERIFICATION FAILED for {len(result.failed)} token(s): {result.failed[:20].tolist()}")
-            status = 1
-    report.save(out)
-    print(f"report written to {out}/report.json (evidence in {out}/certificates.npz)")
+            _print_failures(result)
+            status = EXIT_FAILED
+    try:
+        report.save(out)
+    except (ValueError, OSError) as err:
+        return _error(err)
+    print(f"report written to {out / 'report.json'} (evidence in {out / 'certificates.npz'})")
     counts = report.counts()
-    for verdict in args.fail_on:
+    for verdict in dict.fromkeys(args.fail_on):
         if counts[verdict]:
             print(f"failing: {counts[verdict]} {verdict} token(s) (--fail-on {verdict})")
-            status = 1
+            status = EXIT_FAILED
     return status
+
+
+def _load_report(directory: str):
+    from .report import Report
+
+    try:
+        return Report.load(directory)
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from None
+    except (KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile, EOFError) as err:
+        # Report.load reads fields without checking them one by one: a damaged file lands here.
+        raise UsageError(f"{directory}: not a readable unargmax report ({type(err).__name__}: {err})") from None
 
 
 def _run_verify(args) -> int:
     from .heads import load_head
-    from .report import Report
     from .verify import verify
 
-    report = Report.load(args.report_dir)
-    head = load_head(args.weights, weight=args.weight or report.head.get("weight_name"),
-                     bias=args.bias or report.head.get("bias_name"))
+    try:
+        report = _load_report(args.report_dir)
+        weight = args.weight or report.head.get("weight_name")
+        bias, no_bias = args.bias, args.no_bias
+        if bias is None and not no_bias:
+            # Read the head the way the report was made: its bias array, or none at all.
+            no_bias = report.head.get("has_bias") is False
+            bias = None if no_bias else report.head.get("bias_name")
+        head = load_head(args.weights, weight=weight, bias=bias, no_bias=no_bias)
+    except (UsageError, ValueError, TypeError, OSError) as err:
+        return _error(err)
+
     result = verify(report, head.W, head.b)
     if result.ok:
-        print(f"verified {result.checked} decided tokens of {report.verdict.size}: all witnesses and certificates hold")
-        return 0
-    shown = result.failed[:20].tolist()
-    print(f"verification FAILED for {len(result.failed)} token(s): {shown}{' ...' if len(result.failed) > 20 else ''}")
-    for key in ([-1] if -1 in result.reasons else []) + shown:
-        print(f"  {'head' if key == -1 else f'token {key}'}: {result.reasons[key]}")
-    return 1
+        undecided = report.counts()["undecided"]
+        note = f" ({undecided} undecided token(s) carry no evidence)" if undecided else ""
+        print(f"verified {result.checked} tokens: all witnesses and certificates hold{note}")
+        return EXIT_OK
+    _print_failures(result)
+    return EXIT_FAILED
+
+
+def _print_failures(result) -> None:
+    failed = [int(i) for i in result.failed]
+    shown = failed[:20]
+    print(f"verification FAILED for {len(failed)} token(s): {shown}{' ...' if len(failed) > 20 else ''}")
+    if -1 in result.reasons:
+        print(f"  head: {result.reasons[-1]}")
+    for token in shown:
+        if token in result.reasons:
+            print(f"  token {token}: {result.reasons[token]}")
+
+
+def _error(err: BaseException) -> int:
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"unargmax: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the ``unargmax`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors (2), --help and --version (0)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
         if args.command == "check":
             return _run_check(args)
         return _run_verify(args)
-    except (UsageError, ValueError, OSError) as err:  # HeadError is a ValueError
-        message = " ".join(str(err).split())
-        print(f"unargmax: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("unargmax: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +175,18 @@ class Report:
 
     @classmethod
     def load(cls, out_dir: str | os.PathLike) -> "Report":
-        """Read a report directory written by :meth:`save`."""
-        out = Path(out_dir)
+        """Read a report directory written by :meth:`save`.
+
+        Raises:
+            ValueError: missing files, or a damaged or foreign report (naming the directory).
+        """
+        try:
+            return cls._load(Path(out_dir))
+        except (KeyError, TypeError, IndexError, AttributeError, zipfile.BadZipFile, EOFError) as err:
+            raise ValueError(f"{out_dir}: damaged report ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _load(cls, out: Path) -> "Report":
         try:
             data = json.loads((out / REPORT_FILE).read_text())
         except FileNotFoundError:
