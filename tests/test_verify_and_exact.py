@@ -1,4 +1,4 @@
-"""Loading heads, the exact oracle by hand, and the independent verifier against tampering."""
+"""The exact oracle by hand and against HiGHS/qhull; the independent verifier against tampering."""
 
 from fractions import Fraction
 
@@ -8,39 +8,6 @@ from helpers import highs_margins, hull_vertices_argmaxable
 
 import unargmax_jax as ua
 from unargmax_jax import exact
-from unargmax_jax.heads import HeadError, load_head, validate_head
-
-
-def test_load_defaults_and_published_layout(tmp_path):
-    W = np.arange(12, dtype=np.float32).reshape(4, 3)
-    np.savez(tmp_path / "a.npz", W=W, b=np.ones(4, np.float32))
-    head = load_head(tmp_path / "a.npz")
-    assert head.W.shape == (4, 3) and head.bias_name == "b"
-    np.savez(tmp_path / "pub.npz", decoder_Wemb=W.T)
-    head = load_head(tmp_path / "pub.npz")
-    np.testing.assert_array_equal(head.W, W)
-    assert head.b is None and head.weight_name == "decoder_Wemb"
-    np.savez(tmp_path / "named.npz", emb=W, bias=np.zeros(4), other=np.zeros((2, 2)))
-    with pytest.raises(HeadError, match=r"2-D arrays in the file: \['emb', 'other'\]"):
-        load_head(tmp_path / "named.npz")
-    assert load_head(tmp_path / "named.npz", weight="emb", bias="bias").b.shape == (4,)
-    with pytest.raises(HeadError, match="no bias array named 'beta'"):
-        load_head(tmp_path / "named.npz", weight="emb", bias="beta")
-
-
-def test_half_precision_is_upcast_and_checked():
-    W, b = validate_head(np.ones((3, 2), np.float16), np.zeros(3, np.float16))
-    assert W.dtype == np.float32 and b.dtype == np.float32
-    with pytest.raises(HeadError, match=r"row 1, column 0"):
-        validate_head(np.array([[1, 2], [np.inf, 0]], np.float16))
-    with pytest.raises(HeadError, match="index 2"):
-        validate_head(np.ones((3, 2)), np.array([0.0, 0.0, np.nan]))
-
-
-def test_pickled_npz_is_never_unpickled(tmp_path):
-    np.savez(tmp_path / "p.npz", W=np.array([object()], dtype=object))
-    with pytest.raises(HeadError, match="refusing to unpickle"):
-        load_head(tmp_path / "p.npz")
 
 
 def test_exact_oracle_by_hand():
