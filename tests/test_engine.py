@@ -125,3 +125,13 @@ def test_bad_arguments_are_clear():
         ua.check(W, pdhg_round=3)
     with pytest.raises(ValueError, match="Box.lo"):
         ua.check(W, domain=ua.Box(np.zeros(3), 1.0))
+
+
+def test_braid_reflect_option_gives_the_same_verdicts():
+    rng = np.random.default_rng(8)
+    W = rng.normal(size=(80, 3))
+    b = rng.normal(size=80)
+    plain = checked(W, b)
+    braided = checked(W, b, braid_steps=5)
+    np.testing.assert_array_equal(plain.verdict, braided.verdict)
+    np.testing.assert_array_equal(plain.verdict, np.where(highs_margins(W, b, -100.0, 100.0) > 0, 1, -1))

@@ -128,21 +128,37 @@ class _Head(NamedTuple):
     norms: jax.Array
 
 
-@partial(jax.jit, static_argnames=("num_top",))
-def _screen_chunk(head: _Head, ids, domain, extra, *, num_top):
+@partial(jax.jit, static_argnames=("all_candidates",))
+def _screen_chunk(head: _Head, ids, domain, key, *, all_candidates):
+    """Best starting point per token: only "along its own row" in the first pass (it
+    decides most tokens of real heads with one product), all candidates in the second."""
     points = screen.starting_points(head.W[ids], domain)
-    points = jnp.concatenate([points, extra[:, None, :]], axis=1)
+    if all_candidates:
+        # A random point per token, keyed by token id so chunking does not change it.
+        d = head.W.shape[1]
+        draw = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (d,), head.W.dtype, -1.0, 1.0))(ids)
+        extra = dom.project(domain, dom.extent(domain) * draw)
+        points = jnp.concatenate([points, extra[:, None, :]], axis=1)
+    else:
+        points = points[:, :1]
     n, m, d = points.shape
     # All candidates in one product (separate products per candidate fuse badly on CPU).
-    lowers = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0).lower
-    best = jnp.argmax(lowers.reshape(n, m), axis=1)
+    every = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0)
+    best = jnp.argmax(every.lower.reshape(n, m), axis=1)
     x = jnp.take_along_axis(points, best[:, None, None], axis=1)[:, 0]
-    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
+    witness = jax.tree_util.tree_map(
+        lambda a: jnp.take_along_axis(a.reshape((n, m) + a.shape[1:]), best.reshape((n, 1) + (1,) * (a.ndim - 1)), axis=1)[:, 0],
+        every)
     # The strongest competitor alone is a (weak) certificate: every token gets a finite U.
     # (argmax, not top_k's first column: gathering with top_k's output is slow on XLA:CPU)
     one = witness.rival[:, None]
     upper = bounds.certificate_bounds(head.W, head.b, domain, ids, one, jnp.ones(one.shape, head.W.dtype))
     return x, witness, one, upper
+
+
+@partial(jax.jit, static_argnames=("num_top",))
+def _top_chunk(head: _Head, ids, x, *, num_top):
+    return bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
 
 
 @partial(jax.jit, static_argnames=("num_top", "steps"))
@@ -291,20 +307,23 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
     k = settings.competitors or max(32, 2 * (d + 1))
     k = int(min(k, U - 1, 1024))
     B = int(min(settings.chunk_size, U))
-    top = np.zeros((U, k), np.int64)
+    top: dict[int, np.ndarray] = {}  # competitor candidates, kept only for undecided tokens
     key = jax.random.PRNGKey(settings.seed)
-    rng_scale = np.asarray(dom.extent(ddomain))
+    extent = np.asarray(dom.extent(ddomain))
 
     def record_witness(ids, valid, x, wb, name):
         ids = ids[:valid]
         L = np.asarray(wb.lower, np.float64)[:valid]
-        top[ids] = np.asarray(wb.top)[:valid]
         improve = L > lower[ids]
         lower[ids] = np.where(improve, L, lower[ids])
         witness[ids[improve]] = np.asarray(x, np.float64)[:valid][improve]
         newly = (L > 0) & (verdict[ids] == 0)
         verdict[ids[newly]] = 1
         stage[ids[newly]] = name
+        tops = np.asarray(wb.top)
+        if tops.shape[1]:
+            for r in np.flatnonzero(verdict[ids] == 0):
+                top[int(ids[r])] = tops[r]
 
     def record_certificate(ids, valid, support, weights, U_rig, name):
         ids = ids[:valid]
@@ -324,33 +343,40 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
     def pending():
         return np.flatnonzero(verdict == 0)
 
-    # Stage 1: screening over every token.
+    # Stage 1: screening, a cheap pass over every token, then all candidates for the rest.
     t0 = time.monotonic()
-    ids_all = np.arange(U)
     done = 0
-    for chunk_index, (ids, valid) in enumerate(_chunks(ids_all, B)):
+    for all_candidates, name in ((False, "screen"), (True, "screen 2")):
+        todo = np.flatnonzero(verdict == 0)
+        for ids, valid in _chunks(todo, B):
+            if time.monotonic() > deadline:
+                break
+            x, wb, one, U_one = _screen_chunk(head, jnp.asarray(ids), ddomain, key, all_candidates=all_candidates)
+            if settings.braid_steps and all_candidates:
+                x, wb = _braid_chunk(head, jnp.asarray(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
+            record_witness(ids, valid, x, wb, "screen")
+            record_certificate(ids, valid, one, np.ones((B, 1)), U_one, "screen")
+            done += valid
+            reporter.update(name, done, todo.size)
+        done = 0
+    # Competitor sets (top-k logits at the best point) only for tokens still undecided:
+    # a top-k over C for every token would cost more than the screen itself.
+    for ids, valid in _chunks(np.flatnonzero(verdict == 0), B):
         if time.monotonic() > deadline:
             break
-        sub = jax.random.fold_in(key, chunk_index)
-        extra = dom.project(ddomain, jnp.asarray(rng_scale, dtype) * jax.random.uniform(sub, (B, d), dtype, -1.0, 1.0))
-        x, wb, one, U_one = _screen_chunk(head, jnp.asarray(ids), ddomain, extra, num_top=k)
-        if settings.braid_steps:
-            x, wb = _braid_chunk(head, jnp.asarray(ids), x, ddomain, num_top=k, steps=settings.braid_steps)
-        record_witness(ids, valid, x, wb, "screen")
-        record_certificate(ids, valid, one, np.ones((B, 1)), U_one, "screen")
-        done += valid
-        reporter.update("screen", done, U)
+        record_witness(ids, valid, witness[ids], _top_chunk(head, jnp.asarray(ids), jnp.asarray(witness[ids], dtype), num_top=k),
+                       "screen")
     seconds["screen"] = time.monotonic() - t0
 
     # Stage 2: margin ascent.
     t0 = time.monotonic()
-    lr = float(0.05 * np.max(rng_scale))
+    lr = float(0.05 * np.max(extent))
     todo = pending()
     done = 0
     for ids, valid in _chunks(todo, B):
         if time.monotonic() > deadline:
             break
-        support = top[ids]
+        support = np.stack([top[int(i)] for i in ids])
         x, wb, weights, U_rig = _ascent_chunk(head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype),
                                               ddomain, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
         record_witness(ids, valid, x, wb, "ascent")
@@ -365,7 +391,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
     eps = float(jnp.finfo(dtype).eps)
     tolerance = float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12))
     decisive = float(64 * (d + 4) * eps)
-    omega_start = 1.0 / max(float(np.max(rng_scale)), 1e-30)
+    omega_start = 1.0 / max(float(np.max(extent)), 1e-30)
     queue = list(pending())
     total = len(queue)
     # Without a bias and with 0 inside X, x = 0 shows m* >= 0: no float certificate can
@@ -435,7 +461,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
             # Heaviest certificate rows first: the exact stage tries them as a simplex.
             weights_i = cert_weights.get(int(i), np.zeros(0))
             candidates = [int(j) for j in np.asarray(cert_support.get(int(i), []))[np.argsort(-weights_i)]]
-            for j in list(state_of.get(int(i), ([],))[0]) + list(top[i]):
+            for j in list(state_of.get(int(i), ([],))[0]) + list(top.get(int(i), [])):
                 if j not in candidates and j != i:
                     candidates.append(int(j))
             candidates = candidates[: 2 * (d + 1) + 8]
