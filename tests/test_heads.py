@@ -182,11 +182,11 @@ def test_messages_name_the_file_and_arrays(tmp_path):
 def test_unusable_files(tmp_path):
     with pytest.raises(HeadError, match="no such file"):
         load_head(tmp_path / "missing.npz")
-    with pytest.raises(HeadError, match=r"is a directory, expected a head file \(.npz\)"):
+    with pytest.raises(HeadError, match=r"is a directory; expected model.safetensors"):
         load_head(tmp_path)
-    (tmp_path / "head.safetensors").write_bytes(b"{}")
-    with pytest.raises(HeadError, match=r"unsupported file type '.safetensors'; supported: .npz"):
-        load_head(tmp_path / "head.safetensors")
+    (tmp_path / "head.bin").write_bytes(b"{}")
+    with pytest.raises(HeadError, match=r"unsupported file type '.bin'; supported: .npz"):
+        load_head(tmp_path / "head.bin")
     (tmp_path / "noext").write_bytes(b"")
     with pytest.raises(HeadError, match=r"unsupported file type '\(no suffix\)'"):
         load_head(tmp_path / "noext")

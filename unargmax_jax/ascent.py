@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Float
+from ._shapes import Array, Float
 
 from . import bounds
 from . import domains as dom

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{check,verify}")
 
     check = sub.add_parser("check", help="decide every token of a head and write a report")
-    check.add_argument("head", nargs="?", help="head file (.npz)")
+    check.add_argument("head", nargs="?", help="head file (.npz, .safetensors, .safetensors.index.json, .gguf) or a directory holding model.safetensors or its index")
     check.add_argument("--example", action="store_true", help="use the bundled example head")
     _add_head_names(check)
     check.add_argument("--domain", default="box:100",

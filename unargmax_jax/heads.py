@@ -3,41 +3,101 @@
 A loader turns a file into a :class:`Head`: the weights ``W`` (C x d, one row per
 token), an optional bias ``b`` (C,), the array names they came from and the file.
 
-Supported formats (dispatch on the file suffix, see ``_FORMATS``):
+Supported formats (dispatch on the file name's ending, see ``_FORMATS``; a directory
+stands for its ``model.safetensors`` or ``model.safetensors.index.json``, else its only
+head file):
 
 * ``.npz`` (NumPy archives, as written by ``np.savez``; the published tool's format).
   Read with ``allow_pickle=False`` only: an object array is refused, never unpickled.
   Array names and shapes are read from the ``.npy`` headers, so only W and b are loaded.
+* ``.safetensors`` and sharded checkpoints (``*.safetensors.index.json``, whose
+  ``weight_map`` names a shard file per tensor). Every header is checked against the file
+  (sizes, offsets, dtypes) before anything is read; tensors are memory-mapped through
+  ``safetensors.safe_open(..., framework="numpy")``, except bfloat16 and float8, read from
+  the mapped bytes and upcast (exactly) to float32 a block of rows at a time.
+* ``.gguf`` (llama.cpp), through the optional ``gguf`` package
+  (``pip install 'unargmax_jax[gguf]'``): tensors are dequantised with
+  ``gguf.quants.dequantize`` a block of rows at a time. GGUF lists dimensions fastest
+  first, so a head stored as ``[d, C]`` is read as C x d; the rows are checked against the
+  vocabulary size (``tokenizer.ggml.tokens``) when the file has one.
 
-Adding a format (safetensors, GGUF, Flax params) means writing one class with the
-``_ArrayFile`` interface (``entries`` and ``read``) and registering its suffix; the name
+Adding a format means writing one class with the ``_ArrayFile`` interface (``entries``,
+``read``, ``close`` and the default names) and registering its ending; the name
 resolution (:func:`_select`) and validation (:func:`validate_head`) are shared.
 
-Name resolution: the weight is ``W`` (C x d), else the published tool's ``decoder_Wemb``,
-which its README documents as stored d x C and is transposed (unless a bias shows the
-file is already C x d). The bias is ``b``, or Marian's ``decoder_ff_logit_out_b`` next to
-``decoder_Wemb``; biases stored as (1, C) or (C, 1), as the published tool and Marian
-write them, are flattened. An explicit name that is not in the file is an error.
+Name resolution (the first name present wins; ``--weight``/``--bias`` override):
 
-Values: float16 and bfloat16 are upcast to float32 (exactly); float32 and float64 are kept;
-integers are converted to float64 (exactly: magnitudes above 2^53 are refused). Verdicts
-are about these values.
+* npz: the weight is ``W`` (C x d), else the published tool's ``decoder_Wemb``, which its
+  README documents as stored d x C and is transposed (unless a bias shows the file is
+  already C x d). The bias is ``b``, or Marian's ``decoder_ff_logit_out_b`` next to
+  ``decoder_Wemb``.
+* safetensors (``SAFETENSORS_WEIGHT_NAMES``): an explicit head (``lm_head.weight``,
+  GPT-NeoX's ``embed_out.weight``), then the input embeddings of models that tie them to
+  the output (Llama ``model.embed_tokens``, GPT-2 ``transformer.wte``, BERT
+  ``[bert.|model.]embeddings.word_embeddings``, T5/BART/Marian ``[model.]shared``,
+  ``model.decoder.embed_tokens``), then BERT's masked-LM ``cls.predictions.decoder``. The
+  bias is the head's own (``lm_head.bias``; ``cls.predictions.bias`` for BERT), else a
+  Marian/BART ``final_logits_bias`` (stored (1, C)).
+* gguf: ``output.weight`` (bias ``output.bias``), else the tied ``token_embd.weight``.
+
+Biases stored as (1, C) or (C, 1) are flattened. An explicit name that is not in the file
+is an error; when no weight is found, the error lists the file's 2-D arrays.
+
+Values: float16, bfloat16 and float8 are upcast to float32 (exactly); float32 and float64
+are kept; integers are converted to float64 (exactly: magnitudes above 2^53 are refused);
+GGUF quantised blocks become the float32 values llama.cpp computes. Verdicts are about
+these values.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+import ml_dtypes
 import numpy as np
 
 DEFAULT_WEIGHT_NAMES = ("W", "decoder_Wemb")
 DEFAULT_BIAS_NAMES = {"W": ("b",), "decoder_Wemb": ("b", "decoder_ff_logit_out_b")}
 TRANSPOSED_WEIGHT_NAMES = ("decoder_Wemb",)
+
+# safetensors: explicit heads first, then tied input embeddings, then BERT's MLM decoder
+# (which HF drops from the file when it is tied, keeping only its bias).
+_BERT_BIAS_NAMES = ("cls.predictions.bias", "cls.predictions.decoder.bias", "final_logits_bias")
+SAFETENSORS_WEIGHT_NAMES = (
+    "lm_head.weight",
+    "embed_out.weight",
+    "model.embed_tokens.weight",
+    "transformer.wte.weight",
+    "embeddings.word_embeddings.weight",
+    "bert.embeddings.word_embeddings.weight",
+    "model.embeddings.word_embeddings.weight",
+    "shared.weight",
+    "model.shared.weight",
+    "model.decoder.embed_tokens.weight",
+    "cls.predictions.decoder.weight",
+)
+SAFETENSORS_BIAS_NAMES = {
+    "lm_head.weight": ("lm_head.bias", "final_logits_bias"),
+    "embeddings.word_embeddings.weight": _BERT_BIAS_NAMES,
+    "bert.embeddings.word_embeddings.weight": _BERT_BIAS_NAMES,
+    "model.embeddings.word_embeddings.weight": _BERT_BIAS_NAMES,
+    "cls.predictions.decoder.weight": _BERT_BIAS_NAMES,
+}
+SAFETENSORS_OTHER_BIAS_NAMES = ("final_logits_bias",)  # Marian/BART add it to any head's logits
+GGUF_WEIGHT_NAMES = ("output.weight", "token_embd.weight")
+GGUF_BIAS_NAMES = {"output.weight": ("output.bias",)}
+DIRECTORY_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+
 _EXACT_INT_LIMIT = 2**53  # integers up to this magnitude are exact in float64
+_CHUNK_ELEMENTS = 1 << 22  # upcast/dequantise 4M values (16 MB of float32) at a time
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+_LISTED = 20  # 2-D arrays named in an error message, at most
 
 
 class HeadError(ValueError):
@@ -147,18 +207,48 @@ class _Entry(NamedTuple):
 
 
 class _ArrayFile(Protocol):
-    """What a format provides: the arrays' names, shapes and dtypes, and reading one."""
+    """What a format provides: the arrays' names, shapes and dtypes, reading one, and the
+    names to look for (``weight_names`` in order; ``bias_names[weight]``, else
+    ``other_bias_names``; ``transposed_names``: weights stored d x C)."""
 
     path: Path
     entries: dict[str, _Entry]
+    noun: str
+    weight_names: tuple[str, ...]
+    bias_names: dict[str, tuple[str, ...]]
+    other_bias_names: tuple[str, ...]
+    transposed_names: tuple[str, ...]
 
     def read(self, name: str) -> np.ndarray: ...
+
+    def check_rows(self, name: str, W: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...
 
 
-class _NpzFile:
+class _Format:
+    """Defaults shared by the formats: no transposed names, rows taken as they come."""
+
+    noun = "tensor"
+    bias_names: dict[str, tuple[str, ...]] = {}
+    other_bias_names: tuple[str, ...] = ()
+    transposed_names: tuple[str, ...] = ()
+
+    def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
+        return W
+
+    def close(self) -> None:
+        pass
+
+
+class _NpzFile(_Format):
     """An ``.npz`` archive, opened without pickle; shapes come from the ``.npy`` headers."""
+
+    noun = "array"
+    weight_names = DEFAULT_WEIGHT_NAMES
+    bias_names = DEFAULT_BIAS_NAMES
+    other_bias_names = ("b",)
+    transposed_names = TRANSPOSED_WEIGHT_NAMES
 
     def __init__(self, path: Path):
         self.path = path
@@ -204,7 +294,271 @@ class _NpzFile:
         self._archive.close()
 
 
-_FORMATS: dict[str, type] = {".npz": _NpzFile}
+# safetensors dtype tag -> how the bytes are stored. BF16 and F8 are read from the mapped
+# bytes (numpy has no such dtypes; older safetensors cannot hand them to numpy).
+_SAFETENSORS_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_RAW_DTYPES = ("BF16", "F8_E4M3", "F8_E5M2")
+
+
+class _TensorInfo(NamedTuple):
+    dtype: str  # the safetensors tag
+    shape: tuple
+    begin: int  # byte offsets in the data region
+    end: int
+
+
+def _safetensors_entry(path: Path, name: str, info, data_size: int) -> _TensorInfo:
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise HeadError(f"{where}: expected a header entry with dtype, shape and data_offsets, got {str(info)[:80]}")
+    tag, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if tag not in _SAFETENSORS_DTYPES:
+        raise HeadError(f"{where}: expected a dtype among {', '.join(_SAFETENSORS_DTYPES)}, got {tag!r}")
+    if not (isinstance(shape, list) and all(type(v) is int and v >= 0 for v in shape)):
+        raise HeadError(f"{where}: expected a shape of non-negative integers, got {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(v) is int for v in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise HeadError(f"{where}: expected data_offsets [begin, end] with 0 <= begin <= end, got {offsets!r}")
+    begin, end = offsets
+    needed = math.prod(shape) * _SAFETENSORS_DTYPES[tag].itemsize
+    if end - begin != needed:
+        raise HeadError(f"{where}: expected {needed} bytes for shape {tuple(shape)} of {tag}, "
+                        f"got data_offsets {offsets} ({end - begin} bytes)")
+    if end > data_size:
+        raise HeadError(f"{where}: expected its bytes [{begin}, {end}) in the data region, "
+                        f"got a file with only {data_size} bytes of data (truncated?)")
+    return _TensorInfo(tag, tuple(shape), begin, end)
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, _TensorInfo], int]:
+    """Parse and check a safetensors header; return the tensors and where the data starts.
+
+    Layout: an 8-byte little-endian length n, n bytes of JSON (name -> dtype, shape,
+    data_offsets; plus an optional ``__metadata__``), then the data region, which the
+    tensors cover exactly, without gaps or overlaps (as the safetensors library demands).
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise HeadError(f"{path}: expected a safetensors file (an 8-byte header length, then a JSON header), "
+                                f"got {size} bytes")
+            n = int.from_bytes(prefix, "little")
+            if n > min(size - 8, _SAFETENSORS_MAX_HEADER):
+                raise HeadError(f"{path}: expected a header length of at most {min(size - 8, _SAFETENSORS_MAX_HEADER)} "
+                                f"bytes (file size {size}), got {n}: truncated, or not a safetensors file")
+            raw = handle.read(n)
+    except OSError as err:
+        raise HeadError(f"{path}: unreadable ({err})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HeadError(f"{path}: expected a JSON header of {n} bytes, got unparseable text ({err})") from None
+    if not isinstance(header, dict):
+        raise HeadError(f"{path}: expected a JSON object as header, got {type(header).__name__}")
+    data_size = size - 8 - n
+    tensors = {name: _safetensors_entry(path, name, info, data_size)
+               for name, info in header.items() if name != "__metadata__"}
+    position, previous = 0, None
+    for name, info in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if info.begin != position:
+            after = f"right after tensor {previous!r}" if previous else "at the start of the data"
+            raise HeadError(f"{path}: tensor {name!r}: expected its bytes to start at {position} ({after}), "
+                            f"got {info.begin}: the header's offsets overlap or leave a gap")
+        position, previous = info.end, name
+    if position != data_size:
+        raise HeadError(f"{path}: expected the tensors to cover all {data_size} bytes of data, "
+                        f"got {position} covered (bytes after the last tensor)")
+    return tensors, 8 + n
+
+
+class _SafetensorsFile(_Format):
+    """One ``.safetensors`` file: header checked here, tensors memory-mapped."""
+
+    weight_names = SAFETENSORS_WEIGHT_NAMES
+    bias_names = SAFETENSORS_BIAS_NAMES
+    other_bias_names = SAFETENSORS_OTHER_BIAS_NAMES
+
+    def __init__(self, path: Path):
+        from safetensors import SafetensorError, safe_open
+
+        self.path = path
+        self._tensors, self._data_start = _safetensors_header(path)
+        self.entries = {name: _Entry(info.shape, _SAFETENSORS_DTYPES[info.dtype]) for name, info in self._tensors.items()}
+        self._errors = (SafetensorError, OSError, ValueError, TypeError)
+        try:  # the library checks the header too, and maps the file
+            self._handle = safe_open(str(path), framework="numpy")
+        except self._errors as err:
+            raise HeadError(f"{path}: rejected by the safetensors library ({err})") from None
+
+    def read(self, name: str) -> np.ndarray:
+        info = self._tensors[name]
+        try:
+            if info.dtype in _RAW_DTYPES:
+                return self._read_raw(info)
+            if info.dtype == "F16" and info.shape:  # upcast a block of rows at a time
+                part = self._handle.get_slice(name)
+                out = np.empty(info.shape, np.float32)
+                for start, stop in _row_blocks(info.shape):
+                    out[start:stop] = part[start:stop]
+                return out
+            return self._handle.get_tensor(name)
+        except self._errors as err:
+            raise HeadError(f"{self.path}: tensor {name!r} ({info.dtype}, shape {info.shape}) is unreadable ({err})") from None
+
+    def _read_raw(self, info: _TensorInfo) -> np.ndarray:
+        """bfloat16 -> float32 is exact: its 16 bits are the top half of the float32."""
+        out = np.empty(info.shape, np.float32)
+        count = out.size
+        if count == 0:
+            return out
+        stored = np.memmap(self.path, dtype=np.uint16 if info.dtype == "BF16" else np.uint8, mode="r",
+                           offset=self._data_start + info.begin, shape=(count,))
+        flat = out.reshape(-1)
+        for start in range(0, count, _CHUNK_ELEMENTS):
+            block = stored[start:start + _CHUNK_ELEMENTS]
+            if info.dtype == "BF16":
+                flat[start:start + _CHUNK_ELEMENTS] = (block.astype("<u4") << 16).view("<f4")
+            else:
+                flat[start:start + _CHUNK_ELEMENTS] = block.view(_SAFETENSORS_DTYPES[info.dtype])
+        del stored
+        return out
+
+    def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None and hasattr(handle, "__exit__"):
+            handle.__exit__(None, None, None)
+
+
+class _SafetensorsIndex(_Format):
+    """A sharded checkpoint: ``*.safetensors.index.json`` maps each tensor to a shard file."""
+
+    weight_names = SAFETENSORS_WEIGHT_NAMES
+    bias_names = SAFETENSORS_BIAS_NAMES
+    other_bias_names = SAFETENSORS_OTHER_BIAS_NAMES
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise HeadError(f"{path}: expected a JSON index of shards, got unparseable text ({err})") from None
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not (isinstance(weight_map, dict)
+                and all(isinstance(shard, str) for shard in weight_map.values())):
+            raise HeadError(f'{path}: expected a JSON object with a "weight_map" from tensor names to shard files, '
+                            f"got {str(index)[:80]}")
+        self._shards: dict[str, _SafetensorsFile] = {}
+        self._holder: dict[str, _SafetensorsFile] = {}
+        try:
+            for name, shard in weight_map.items():
+                if shard not in self._shards:
+                    self._shards[shard] = _SafetensorsFile(self._shard_path(name, shard))
+                if name not in self._shards[shard].entries:
+                    raise HeadError(f"{path}: tensor {name!r}: expected it in shard {shard!r}, "
+                                    f"which holds no tensor of that name")
+                self._holder[name] = self._shards[shard]
+        except HeadError:
+            self.close()
+            raise
+        self.entries = {name: holder.entries[name] for name, holder in self._holder.items()}
+
+    def _shard_path(self, name: str, shard: str) -> Path:
+        relative = Path(shard)
+        if not relative.parts or relative.is_absolute() or ".." in relative.parts:
+            raise HeadError(f"{self.path}: tensor {name!r}: expected a shard file next to the index, got {shard!r}")
+        full = self.path.parent / relative
+        if not full.is_file():
+            raise HeadError(f"{self.path}: tensor {name!r}: expected its shard at {full}, which does not exist")
+        return full
+
+    def read(self, name: str) -> np.ndarray:
+        return self._holder[name].read(name)
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.close()
+
+
+# What a damaged GGUF file makes the gguf reader raise (it parses untrusted bytes).
+_GGUF_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, OSError)
+_GGUF_UNQUANTISED = ("F64", "I8", "I16", "I32", "I64")  # typed arrays already; gguf only converts floats
+
+
+class _GgufFile(_Format):
+    """A llama.cpp ``.gguf`` file, through the optional ``gguf`` package (memory-mapped)."""
+
+    weight_names = GGUF_WEIGHT_NAMES
+    bias_names = GGUF_BIAS_NAMES
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            import gguf
+            import gguf.quants
+        except ImportError:
+            raise HeadError(f"{path}: reading GGUF files needs the gguf package: "
+                            f"pip install 'unargmax_jax[gguf]'") from None
+        self._dequantize = gguf.quants.dequantize
+        try:
+            reader = gguf.GGUFReader(path, "r")
+            tokens = reader.get_field("tokenizer.ggml.tokens")
+            self.vocab_size = len(tokens.data) if tokens is not None else None
+        except _GGUF_READ_ERRORS as err:
+            raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        self._tensors = {tensor.name: tensor for tensor in reader.tensors}
+        # GGUF lists dimensions fastest first: a [d, C] head is C rows of d values.
+        self.entries = {tensor.name: _Entry(tuple(int(v) for v in reversed(tensor.shape.tolist())), None)
+                        for tensor in reader.tensors}
+
+    def read(self, name: str) -> np.ndarray:
+        tensor, shape = self._tensors[name], self.entries[name].shape
+        kind = tensor.tensor_type.name
+        if kind in _GGUF_UNQUANTISED:
+            return np.array(tensor.data).reshape(shape)
+        width = shape[-1] if shape else 1
+        rows = tensor.data.reshape(-1, tensor.data.shape[-1]) if tensor.data.ndim else tensor.data.reshape(1, 1)
+        out = np.empty((rows.shape[0], width), np.float32)
+        step = max(1, _CHUNK_ELEMENTS // max(width, 1))
+        for start in range(0, rows.shape[0], step):
+            try:
+                out[start:start + step] = self._dequantize(rows[start:start + step], tensor.tensor_type)
+            except NotImplementedError:
+                raise HeadError(f"{self.path}: tensor {name!r} is stored as {kind}, which the installed gguf package "
+                                f"cannot dequantise (expected F32, F16, BF16 or a type gguf.quants supports; "
+                                f"try pip install -U gguf)") from None
+            except (ValueError, TypeError) as err:
+                raise HeadError(f"{self.path}: tensor {name!r} ({kind}, shape {shape}) is unreadable ({err})") from None
+        return out.reshape(shape)
+
+    def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
+        """A head has one row per token of ``tokenizer.ggml.tokens``, when the file lists them."""
+        count = self.vocab_size
+        if count is None or W.ndim != 2 or W.shape[0] == count:
+            return W
+        if W.shape[1] == count:  # stored the other way round
+            return W.T
+        raise HeadError(f"{self.path}: tensor {name!r}: expected {count} rows (one per token in tokenizer.ggml.tokens), "
+                        f"got shape {W.shape}")
+
+
+def _row_blocks(shape: tuple):
+    """``(start, stop)`` blocks of rows of about ``_CHUNK_ELEMENTS`` values."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    return ((start, min(start + step, shape[0])) for start in range(0, shape[0], step))
+
+
+# File name ending -> format (an ending is matched case-insensitively).
+_FORMATS: dict[str, type] = {".npz": _NpzFile, ".safetensors": _SafetensorsFile,
+                             ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile}
 
 
 # --------------------------------------------------------------- name resolution
@@ -222,7 +576,9 @@ def _describe(entries: dict[str, _Entry], keep) -> str:
              if e.shape is not None and keep(e.shape) and not (e.dtype is not None and e.dtype.hasobject)]
     if not found:
         return "none"
-    return f"{[name for name, _ in found]} (shapes {', '.join(str(shape) for _, shape in found)})"
+    more = f" and {len(found) - _LISTED} more" if len(found) > _LISTED else ""
+    found = found[:_LISTED]
+    return f"{[name for name, _ in found]} (shapes {', '.join(str(shape) for _, shape in found)}){more}"
 
 
 def _flatten_bias(b: np.ndarray, C: int) -> np.ndarray:
@@ -234,31 +590,32 @@ def _flatten_bias(b: np.ndarray, C: int) -> np.ndarray:
 
 def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: bool) -> Head:
     """Resolve the weight and bias names, read them, fix their layout, validate."""
-    path, entries = source.path, source.entries
+    path, entries, noun = source.path, source.entries, source.noun
     if weight is None:
-        weight = next((n for n in DEFAULT_WEIGHT_NAMES if n in entries), None)
+        weight = next((n for n in source.weight_names if n in entries), None)
         if weight is None:
-            raise HeadError(f"{path}: no weight array named {' or '.join(DEFAULT_WEIGHT_NAMES)}; "
-                            f"2-D arrays in the file: {_describe(entries, _is_matrix)} (choose one with --weight NAME)")
+            raise HeadError(f"{path}: no weight {noun} named {' or '.join(source.weight_names)}; "
+                            f"2-D {noun}s in the file: {_describe(entries, _is_matrix)} (choose one with --weight NAME)")
     elif weight not in entries:
-        raise HeadError(f"{path}: no array named {weight!r}; 2-D arrays in the file: {_describe(entries, _is_matrix)}")
+        raise HeadError(f"{path}: no {noun} named {weight!r}; 2-D {noun}s in the file: {_describe(entries, _is_matrix)}")
     if no_bias:
         if bias is not None:
             raise HeadError(f"{path}: give a bias name or no bias, not both")
     elif bias is None:
-        bias = next((n for n in DEFAULT_BIAS_NAMES.get(weight, ("b",)) if n in entries), None)
+        bias = next((n for n in source.bias_names.get(weight, source.other_bias_names) if n in entries), None)
     elif bias not in entries:
-        raise HeadError(f"{path}: no bias array named {bias!r}; vectors in the file: {_describe(entries, _is_vector)}")
+        raise HeadError(f"{path}: no bias {noun} named {bias!r}; vectors in the file: {_describe(entries, _is_vector)}")
 
     W = source.read(weight)
     b = source.read(bias) if bias is not None else None
-    if weight in TRANSPOSED_WEIGHT_NAMES and W.ndim == 2:
+    if weight in source.transposed_names and W.ndim == 2:
         # Published layout: d x C. Only a bias as long as the rows (and not the columns)
         # shows that this file stores C x d instead.
         bias_length = b.size if b is not None and _is_vector(b.shape) else None
         stored_c_by_d = bias_length == W.shape[0] != W.shape[1]
         if not stored_c_by_d:
             W = W.T
+    W = source.check_rows(weight, W)
     if b is not None and W.ndim == 2:
         b = _flatten_bias(b, W.shape[0])
     where = f"{path} [{weight}{', ' + bias if bias else ''}]"
@@ -266,32 +623,65 @@ def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: b
     return Head(W, b, weight, bias, str(path))
 
 
+def _format_of(path: Path) -> type | None:
+    name = path.name.lower()
+    return next((opener for ending, opener in _FORMATS.items() if name.endswith(ending)), None)
+
+
+def _head_file_in(directory: Path) -> Path:
+    """``model.safetensors``, else ``model.safetensors.index.json``, else the only index or head file."""
+    for name in DIRECTORY_FILE_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    try:
+        found = sorted(p for p in directory.iterdir() if p.is_file() and _format_of(p) is not None)
+    except OSError as err:
+        raise HeadError(f"{directory}: unreadable directory ({err})") from None
+    indexes = [p for p in found if p.name.lower().endswith(".safetensors.index.json")]
+    if len(indexes) == 1:
+        return indexes[0]
+    if len(found) == 1:
+        return found[0]
+    what = f"several: {[p.name for p in found]}; name one" if found else "none"
+    raise HeadError(f"{directory}: is a directory; expected {' or '.join(DIRECTORY_FILE_NAMES)} in it, "
+                    f"or a single head file ({', '.join(_FORMATS)}), found {what}")
+
+
 def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str | None = None,
               no_bias: bool = False) -> Head:
     """Load a head from a file, finding the weight and bias arrays by name.
 
     Args:
-        path: a head file; supported: ``.npz``.
-        weight: array name of W (default: ``W``, else ``decoder_Wemb``, stored d x C).
-        bias: array name of b (default: ``b`` if present, or ``decoder_ff_logit_out_b``
-            next to ``decoder_Wemb``; an explicit name must exist). (1, C) and (C, 1)
-            arrays are flattened.
+        path: a head file: ``.npz``, ``.safetensors``, ``.safetensors.index.json``
+            (sharded) or ``.gguf`` (needs the ``gguf`` extra); or a directory holding
+            ``model.safetensors`` or ``model.safetensors.index.json`` (else a single head
+            file).
+        weight: name of W; default: the first of the format's names present (npz: ``W``,
+            else ``decoder_Wemb``, stored d x C; safetensors: ``SAFETENSORS_WEIGHT_NAMES``;
+            gguf: ``output.weight``, else ``token_embd.weight``).
+        bias: name of b; default: the weight's own bias if present (npz ``b``, or
+            ``decoder_ff_logit_out_b`` next to ``decoder_Wemb``; safetensors
+            ``lm_head.bias``, ``cls.predictions.bias``, else ``final_logits_bias``; gguf
+            ``output.bias``). An explicit name must exist. (1, C) and (C, 1) arrays are
+            flattened.
         no_bias: ignore any bias in the file (the head is ``z = W x``).
 
     Returns:
-        A :class:`Head` with validated float arrays.
+        A :class:`Head` with validated float arrays; ``weight_name``/``bias_name`` say
+        which arrays were used, ``source`` the file read.
 
     Raises:
-        HeadError: a missing or unreadable file, an unsupported suffix, a missing array
-            name, a pickled array, or a head that :func:`validate_head` rejects; the
-            message names the file.
+        HeadError: a missing or unreadable file, an unsupported suffix, a damaged header,
+            a missing array name, a pickled array, a GGUF file without the ``gguf``
+            package, or a head that :func:`validate_head` rejects; the message names the
+            file (and the array, when one is at fault).
     """
     path = Path(path)
-    if path.is_dir():
-        raise HeadError(f"{path}: is a directory, expected a head file ({', '.join(_FORMATS)})")
     if not path.exists():
         raise HeadError(f"{path}: no such file")
-    opener = _FORMATS.get(path.suffix.lower())
+    if path.is_dir():
+        path = _head_file_in(path)
+    opener = _format_of(path)
     if opener is None:
         raise HeadError(f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; supported: {', '.join(_FORMATS)}")
     source = opener(path)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from ._shapes import Array, Float, Int
 
 from . import bounds
 from . import domains as dom

