@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from helpers import highs_margins, hull_vertices_argmaxable, small_heads
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unargmax_jax as ua
 from unargmax_jax import exact
@@ -135,3 +136,32 @@ def test_braid_reflect_option_gives_the_same_verdicts():
     braided = checked(W, b, braid_steps=5)
     np.testing.assert_array_equal(plain.verdict, braided.verdict)
     np.testing.assert_array_equal(plain.verdict, np.where(highs_margins(W, b, -100.0, 100.0) > 0, 1, -1))
+
+
+@given(small_heads(), st.data())
+@settings(deadline=None, max_examples=25, derandomize=True)
+def test_selected_tokens_match_a_full_check(head, data):
+    W, b = head
+    C = W.shape[0]
+    chosen = data.draw(st.lists(st.integers(0, C - 1), min_size=1, max_size=C, unique=True))
+    subset = checked(W, b, tokens=np.array(chosen))
+    margins = exact.box_margins(W, b, -100.0, 100.0)
+    for i in range(C):
+        if i in chosen:
+            assert subset.verdict[i] == (1 if margins[i] > 0 else -1), (i, margins[i])
+        else:
+            assert subset.verdict[i] == 2 and subset.stage[i] == "skipped"
+            assert subset.witness(i) is None and subset.certificate(i) is None
+    mask = np.zeros(C, bool)
+    mask[chosen] = True
+    np.testing.assert_array_equal(checked(W, b, tokens=mask).verdict, subset.verdict)
+
+
+def test_bad_token_selection_is_clear():
+    W = np.eye(3)
+    with pytest.raises(ValueError, match=r"ids must lie in 0..2"):
+        ua.check(W, tokens=[0, 3])
+    with pytest.raises(ValueError, match="selection is empty"):
+        ua.check(W, tokens=np.zeros(3, bool))
+    with pytest.raises(ValueError, match=r"boolean mask of shape \(3,\)"):
+        ua.check(W, tokens=np.ones(4, bool))

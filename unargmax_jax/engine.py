@@ -30,6 +30,7 @@ from . import domains as dom
 from .report import Report, head_sha256
 
 STAGES = ("screen", "ascent", "pdhg", "rational")
+SKIPPED = 2  # the report's verdict code for a token the user did not select
 
 
 class Settings(NamedTuple):
@@ -126,13 +127,16 @@ class _Head(NamedTuple):
     W: jax.Array
     b: jax.Array
     norms: jax.Array
+    mean: jax.Array  # row mean and regularised inverse row covariance (screen.whitening)
+    precision: jax.Array
 
 
 @partial(jax.jit, static_argnames=("all_candidates",))
 def _screen_chunk(head: _Head, ids, domain, key, *, all_candidates):
-    """Best starting point per token: only "along its own row" in the first pass (it
+    """Best starting point per token: only "along its whitened row" in the first pass (it
     decides most tokens of real heads with one product), all candidates in the second."""
-    points = screen.starting_points(head.W[ids], domain)
+    rows = head.W[ids]
+    points = screen.starting_points(rows, domain, screen.whitened_directions(rows, head.mean, head.precision))
     if all_candidates:
         # A random point per token, keyed by token id so chunking does not change it.
         d = head.W.shape[1]
@@ -222,6 +226,7 @@ def check(
     chunk_size: int = 128,
     max_seconds: float | None = None,
     progress: bool = False,
+    tokens=None,
     **options,
 ) -> Report:
     """Decide, with proof, whether each token of the head ``z = W x + b`` can be the argmax on X.
@@ -236,6 +241,8 @@ def check(
         chunk_size: tokens per batch.
         max_seconds: stop starting new work after this long; the rest stays undecided.
         progress: print a progress line with an ETA on stderr.
+        tokens: the tokens to decide, as ids or a boolean mask of shape ``(C,)`` (default
+            all). Every row still competes; the others are reported as ``skipped``.
         **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_iterations``, ...).
 
     Returns:
@@ -262,16 +269,20 @@ def check(
     deadline = start + max_seconds if max_seconds is not None else float("inf")
     reporter = _Progress(progress)
 
+    selected = _selected_mask(tokens, C)
+
     representative, inverse = find_twins(W_np, b_np)
     n_unique = representative.size
     Wu = W_np[representative]
     bu = b_np[representative] if b_np is not None else None
+    wanted = np.zeros(n_unique, bool)
+    wanted[inverse[selected]] = True
 
-    state = _solve_unique(Wu, bu, solve_domain, settings, deadline, reporter,
+    state = _solve_unique(Wu, bu, solve_domain, settings, deadline, reporter, wanted,
                           require_exact_certificates=isinstance(user_domain, dom.Free))
     reporter.close()
 
-    report = _assemble(W_np, b_np, user_domain, solve_domain, settings, representative, inverse, state)
+    report = _assemble(W_np, b_np, user_domain, solve_domain, settings, representative, inverse, state, selected)
     report.seconds = time.monotonic() - start
     report.stage_seconds = state["seconds"]
     if n_unique < C:
@@ -282,11 +293,33 @@ def check(
     return report
 
 
-def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, require_exact_certificates):
-    """Run the stages on a head without duplicate rows; returns per-token evidence."""
+def _selected_mask(tokens, C: int) -> np.ndarray:
+    """The tokens to decide as a (C,) bool mask, from ids or a mask (None: all)."""
+    if tokens is None:
+        return np.ones(C, bool)
+    arr = np.asarray(tokens)
+    if arr.dtype == bool:
+        if arr.shape != (C,):
+            raise ValueError(f"tokens: expected a boolean mask of shape ({C},), got shape {arr.shape}")
+        mask = arr.copy()
+    else:
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"tokens: expected a 1-D array of integer ids or a boolean mask, got {arr.dtype} shape {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= C):
+            raise ValueError(f"tokens: ids must lie in 0..{C - 1}, got {int(arr.min())}..{int(arr.max())}")
+        mask = np.zeros(C, bool)
+        mask[arr.astype(np.int64)] = True
+    if not mask.any():
+        raise ValueError("tokens: the selection is empty; expected at least one token to check")
+    return mask
+
+
+def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, *, require_exact_certificates):
+    """Run the stages on the ``wanted`` rows of a head without duplicate rows; returns per-token evidence."""
     U, d = W.shape
     dtype = _device_dtype()
-    verdict = np.zeros(U, np.int8)
+    # Rows nobody asked about start with a verdict no stage treats as pending.
+    verdict = np.where(wanted, 0, SKIPPED).astype(np.int8)
     lower = np.full(U, -np.inf)
     upper = np.full(U, np.inf)
     stage = np.array(["none"] * U, dtype=object)
@@ -301,8 +334,9 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
         return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness,
                     cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
+    mean, precision = screen.whitening(W)
     head = _Head(jnp.asarray(W, dtype), jnp.asarray(np.zeros(U) if b is None else b, dtype),
-                 jnp.linalg.norm(jnp.asarray(W, dtype), axis=1))
+                 jnp.linalg.norm(jnp.asarray(W, dtype), axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
     ddomain = _domain_on_device(domain, dtype)
     k = settings.competitors or max(32, 2 * (d + 1))
     k = int(min(k, U - 1, 1024))
@@ -488,7 +522,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, *, requi
                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
 
-def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse, state) -> Report:
+def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse, state, selected) -> Report:
     """Map results on unique rows back to every token, adding tie certificates."""
     C, d = W.shape
     verdict = state["verdict"][inverse].copy()
@@ -510,6 +544,9 @@ def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse
             verdict[i], stage[i], upper[i] = -1, "tie", 0.0
             lower[i] = min(lower[i], 0.0)
             tie_certificate[i] = members[0] if i != members[0] else members[1]
+    # A token left out by the user is skipped even when a selected twin was decided.
+    verdict[~selected] = SKIPPED
+    lower[~selected], upper[~selected], stage[~selected] = -np.inf, np.inf, "skipped"
     witness_ids = np.flatnonzero(verdict == 1)
     witnesses = state["witness"][inverse[witness_ids]] if witness_ids.size else np.zeros((0, d))
     cert_ids, offsets, support, weights, rational_w = [], [0], [], [], []
