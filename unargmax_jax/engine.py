@@ -15,6 +15,7 @@ Every verdict rests on a rigorous bound (``bounds``) or an exact computation
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from functools import partial
@@ -78,20 +79,39 @@ class _Progress:
             sys.stderr.flush()
 
 
-def find_twins(W: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Group bit-identical (row, bias) pairs.
 
     Returns ``(representative, inverse)``: ``representative[u]`` is the lowest token id
-    of unique row u, and ``inverse[i]`` the unique row of token i.
+    of unique row u, and ``inverse[i]`` the unique row of token i. Rows are hashed block
+    by block (no copy of W is made) and every hash match is confirmed exactly.
     """
-    rows = np.asarray(W, np.float64) + 0.0  # +0.0 folds -0.0 into 0.0: equal logits
-    if b is not None:
-        rows = np.concatenate([rows, np.asarray(b, np.float64)[:, None] + 0.0], axis=1)
-    _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    relabel = np.empty_like(order)
-    relabel[order] = np.arange(order.size)
-    return first[order], relabel[inverse.reshape(-1)]
+    C = W.shape[0]
+    inverse = np.empty(C, np.int64)
+    representative: list[int] = []
+    seen: dict[bytes, list[int]] = {}  # digest -> unique rows with that digest
+
+    def canonical(start, stop):
+        rows = np.asarray(W[start:stop], np.float64) + 0.0  # +0.0 folds -0.0 into 0.0: equal logits
+        if b is not None:
+            rows = np.concatenate([rows, np.asarray(b[start:stop], np.float64)[:, None] + 0.0], axis=1)
+        return rows
+
+    for start in range(0, C, block):
+        rows = canonical(start, min(C, start + block))
+        for r, row in enumerate(rows):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            match = None
+            for u in seen.get(digest, ()):
+                if np.array_equal(canonical(representative[u], representative[u] + 1)[0], row):
+                    match = u
+                    break
+            if match is None:
+                match = len(representative)
+                representative.append(start + r)
+                seen.setdefault(digest, []).append(match)
+            inverse[start + r] = match
+    return np.asarray(representative, np.int64), inverse
 
 
 def _contains_origin(domain: dom.Domain) -> bool:
@@ -273,8 +293,9 @@ def check(
 
     representative, inverse = find_twins(W_np, b_np)
     n_unique = representative.size
-    Wu = W_np[representative]
-    bu = b_np[representative] if b_np is not None else None
+    no_twins = n_unique == C  # then representative is 0..C-1: use W itself, no copy
+    Wu = W_np if no_twins else W_np[representative]
+    bu = b_np if no_twins or b_np is None else b_np[representative]
     wanted = np.zeros(n_unique, bool)
     wanted[inverse[selected]] = True
 
@@ -323,7 +344,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     lower = np.full(U, -np.inf)
     upper = np.full(U, np.inf)
     stage = np.array(["none"] * U, dtype=object)
-    witness = np.zeros((U, d))
+    witness = np.zeros((U, d), np.dtype(dtype))  # device points are exact in the device dtype
+    exact_witness: dict[int, np.ndarray] = {}  # float64 points from the rational stage
     cert_support: dict[int, np.ndarray] = {}
     cert_weights: dict[int, np.ndarray] = {}
     cert_rational: dict[int, list] = {}
@@ -331,7 +353,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     if U == 1:
         verdict[0], lower[0], upper[0], stage[0] = 1, np.inf, np.inf, "screen"
         witness[0] = np.asarray(dom.project(domain, jnp.zeros(d)))
-        return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness,
+        return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                     cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
     mean, precision = screen.whitening(W)
@@ -341,6 +363,11 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     k = settings.competitors or max(32, 2 * (d + 1))
     k = int(min(k, U - 1, 1024))
     B = int(min(settings.chunk_size, U))
+    # Ascent and PDHG hold a (batch, k, d) block of competitor rows and a few arrays of its
+    # size; the batch is capped so that stays within about the head's own size.
+    per_token = 4 * k * d * np.dtype(dtype).itemsize
+    hard_B = int(min(B, max(1, max(W.nbytes, 64 << 20) // per_token)))
+    hard_B = 1 << (hard_B.bit_length() - 1)  # a power of two: few distinct compiled shapes
     top: dict[int, np.ndarray] = {}  # competitor candidates, kept only for undecided tokens
     key = jax.random.PRNGKey(settings.seed)
     extent = np.asarray(dom.extent(ddomain))
@@ -350,7 +377,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         L = np.asarray(wb.lower, np.float64)[:valid]
         improve = L > lower[ids]
         lower[ids] = np.where(improve, L, lower[ids])
-        witness[ids[improve]] = np.asarray(x, np.float64)[:valid][improve]
+        witness[ids[improve]] = np.asarray(x)[:valid][improve]
         newly = (L > 0) & (verdict[ids] == 0)
         verdict[ids[newly]] = 1
         stage[ids[newly]] = name
@@ -382,14 +409,17 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     done = 0
     for all_candidates, name in ((False, "screen"), (True, "screen 2")):
         todo = np.flatnonzero(verdict == 0)
-        for ids, valid in _chunks(todo, B):
+        # The second pass tries ~5 points per token: fewer tokens per product keep its
+        # memory (points x C logits) at the first pass's.
+        size = max(1, B // 4) if all_candidates else B
+        for ids, valid in _chunks(todo, size):
             if time.monotonic() > deadline:
                 break
             x, wb, one, U_one = _screen_chunk(head, jnp.asarray(ids), ddomain, key, all_candidates=all_candidates)
             if settings.braid_steps and all_candidates:
                 x, wb = _braid_chunk(head, jnp.asarray(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
             record_witness(ids, valid, x, wb, "screen")
-            record_certificate(ids, valid, one, np.ones((B, 1)), U_one, "screen")
+            record_certificate(ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
             done += valid
             reporter.update(name, done, todo.size)
         done = 0
@@ -407,7 +437,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     lr = float(0.05 * np.max(extent))
     todo = pending()
     done = 0
-    for ids, valid in _chunks(todo, B):
+    for ids, valid in _chunks(todo, hard_B):
         if time.monotonic() > deadline:
             break
         support = np.stack([top[int(i)] for i in ids])
@@ -440,10 +470,10 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     active: list[int] = []
     finished = 0
     while (queue or active) and time.monotonic() <= deadline:
-        while queue and len(active) < B:
+        while queue and len(active) < hard_B:
             active.append(int(queue.pop(0)))
         # A short tail runs in a smaller batch: every slot of a vmapped loop costs time.
-        slots = B if len(active) > B // 8 else max(1, B // 8)
+        slots = hard_B if len(active) > hard_B // 8 else max(1, hard_B // 8)
         ids = np.array(active + [active[0]] * (slots - len(active)), np.int64)
         valid = len(active)
         support = np.stack([state_of.get(i, (top[i],))[0] for i in ids])
@@ -510,7 +540,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             elif outcome.verdict == 1:
                 verdict[i], stage[i] = 1, "rational"
                 lower[i] = max(lower[i], float(outcome.value))
-                witness[i] = outcome.witness
+                exact_witness[int(i)] = np.asarray(outcome.witness, np.float64)
             reporter.update("rational", n + 1, todo.size)
     if require_exact_certificates:
         # On R^d only exact g = 0 certificates count; float ones are dropped.
@@ -518,7 +548,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             if i in cert_support and i not in cert_rational:
                 upper[i] = np.inf
     seconds["rational"] = time.monotonic() - t0
-    return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness,
+    return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
 
@@ -548,7 +578,17 @@ def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse
     verdict[~selected] = SKIPPED
     lower[~selected], upper[~selected], stage[~selected] = -np.inf, np.inf, "skipped"
     witness_ids = np.flatnonzero(verdict == 1)
-    witnesses = state["witness"][inverse[witness_ids]] if witness_ids.size else np.zeros((0, d))
+    rows = inverse[witness_ids]
+    if np.array_equal(rows, np.arange(rows.size)):
+        witnesses = state["witness"][: rows.size]  # the common case: a view, not a second copy
+    else:
+        witnesses = state["witness"][rows]
+    exact = [(r, state["exact_witness"][int(inverse[i])]) for r, i in enumerate(witness_ids)
+             if int(inverse[i]) in state["exact_witness"]]
+    if exact:  # float64 only when the exact stage produced a point the device dtype cannot hold
+        witnesses = witnesses.astype(np.float64)
+        for r, x in exact:
+            witnesses[r] = x
     cert_ids, offsets, support, weights, rational_w = [], [0], [], [], []
     for i in np.flatnonzero(verdict == -1):
         if i in tie_certificate:
@@ -573,7 +613,7 @@ def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse
         stage=np.array(stage.tolist(), dtype=np.str_),
         twins=twins,
         witness_ids=witness_ids.astype(np.int64),
-        witnesses=np.asarray(witnesses, np.float64),
+        witnesses=witnesses,
         certificate_ids=np.asarray(cert_ids, np.int64),
         certificate_offsets=np.asarray(offsets, np.int64),
         certificate_support=np.asarray(support, np.int64),

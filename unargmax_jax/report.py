@@ -37,9 +37,9 @@ REPORT_FILE = "report.json"
 def head_sha256(W: np.ndarray, b: np.ndarray | None) -> str:
     """sha256 of the head as the engine sees it: float64 C-order W, then b if present."""
     digest = hashlib.sha256()
-    W = np.ascontiguousarray(W, dtype=np.float64)
-    digest.update(f"W{W.shape}".encode())
-    digest.update(W.tobytes())
+    digest.update(f"W{tuple(W.shape)}".encode())
+    for start in range(0, W.shape[0], 4096):  # row blocks: no float64 copy of a large head
+        digest.update(np.ascontiguousarray(W[start:start + 4096], dtype=np.float64).tobytes())
     if b is not None:
         b = np.ascontiguousarray(b, dtype=np.float64)
         digest.update(f"b{b.shape}".encode())

@@ -126,7 +126,7 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
 def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail) -> int:
     C, d = W.shape
     ids = np.asarray(report.witness_ids, np.int64)
-    X = np.asarray(report.witnesses, np.float64).reshape(-1, d)
+    X = np.asarray(report.witnesses).reshape(-1, d)  # float32 or float64; upcast block by block
     argmaxable = set(np.flatnonzero(report.verdict == 1).tolist())
     if ids.size != X.shape[0] or len(set(ids.tolist())) != ids.size:
         for i in argmaxable:
@@ -140,7 +140,7 @@ def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fa
     pad_factor = _gamma(d + 4)
     for start in range(0, ids.size, block):
         part = ids[start:start + block]
-        Xp = X[start:start + block]
+        Xp = np.asarray(X[start:start + block], np.float64)
         if np.any((part < 0) | (part >= C)):
             for i in part:
                 fail(i, "witness for a token id out of range")
