@@ -165,3 +165,14 @@ def test_bad_token_selection_is_clear():
         ua.check(W, tokens=np.zeros(3, bool))
     with pytest.raises(ValueError, match=r"boolean mask of shape \(3,\)"):
         ua.check(W, tokens=np.ones(4, bool))
+
+
+@given(st.lists(st.integers(0, 30), max_size=20))
+@settings(deadline=None, max_examples=50)
+def test_compact_rows_equals_fancy_indexing(picks):
+    from unargmax_jax.engine import _compact_rows
+
+    table = np.arange(31 * 3, dtype=np.float32).reshape(31, 3)
+    for rows in (np.array(sorted(set(picks)), np.int64), np.array(picks, np.int64)):
+        expected = table[rows].copy()
+        np.testing.assert_array_equal(_compact_rows(table.copy(), rows, block=4), expected)

@@ -552,6 +552,20 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
 
+def _compact_rows(table: np.ndarray, rows: np.ndarray, *, block: int = 4096) -> np.ndarray:
+    """``table[rows]`` without a second copy of the table when ``rows`` is strictly increasing.
+
+    Then ``rows[r] >= r``, so moving block by block towards the front never overwrites a
+    row that is still to be read; the result is a view of ``table``'s first rows.
+    """
+    if rows.size and not np.all(np.diff(rows) > 0):
+        return table[rows]
+    for start in range(0, rows.size, block):
+        part = rows[start:start + block]
+        table[start:start + part.size] = table[part]
+    return table[: rows.size]
+
+
 def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse, state, selected) -> Report:
     """Map results on unique rows back to every token, adding tie certificates."""
     C, d = W.shape
@@ -578,11 +592,7 @@ def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse
     verdict[~selected] = SKIPPED
     lower[~selected], upper[~selected], stage[~selected] = -np.inf, np.inf, "skipped"
     witness_ids = np.flatnonzero(verdict == 1)
-    rows = inverse[witness_ids]
-    if np.array_equal(rows, np.arange(rows.size)):
-        witnesses = state["witness"][: rows.size]  # the common case: a view, not a second copy
-    else:
-        witnesses = state["witness"][rows]
+    witnesses = _compact_rows(state["witness"], inverse[witness_ids])
     exact = [(r, state["exact_witness"][int(inverse[i])]) for r, i in enumerate(witness_ids)
              if int(inverse[i]) in state["exact_witness"]]
     if exact:  # float64 only when the exact stage produced a point the device dtype cannot hold
