@@ -62,6 +62,8 @@ from typing import NamedTuple, Protocol
 import ml_dtypes
 import numpy as np
 
+from . import vocab
+
 DEFAULT_WEIGHT_NAMES = ("W", "decoder_Wemb")
 DEFAULT_BIAS_NAMES = {"W": ("b",), "decoder_Wemb": ("b", "decoder_ff_logit_out_b")}
 TRANSPOSED_WEIGHT_NAMES = ("decoder_Wemb",)
@@ -93,6 +95,23 @@ SAFETENSORS_OTHER_BIAS_NAMES = ("final_logits_bias",)  # Marian/BART add it to a
 GGUF_WEIGHT_NAMES = ("output.weight", "token_embd.weight")
 GGUF_BIAS_NAMES = {"output.weight": ("output.bias",)}
 DIRECTORY_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+# The final norm before the head: (gamma, beta) names, the first pair present wins.
+NORM_NAMES = (
+    ("model.norm.weight", "model.norm.bias"),  # Llama, Mistral, SmolLM, Qwen: RMSNorm
+    ("transformer.ln_f.weight", "transformer.ln_f.bias"),  # GPT-2
+    ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias"),
+    ("model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias"),  # OPT, BART
+    ("model.final_layernorm.weight", "model.final_layernorm.bias"),
+    ("cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias"),  # BERT MLM
+    ("cls.predictions.transform.LayerNorm.gamma", "cls.predictions.transform.LayerNorm.beta"),
+    ("output_norm.weight", "output_norm.bias"),  # GGUF
+    ("model/norm/weight", "model/norm/bias"),  # Flax trees (HF Flax Llama, GPT-2, BERT)
+    ("model/norm/scale", "model/norm/bias"),
+    ("transformer/ln_f/scale", "transformer/ln_f/bias"),
+    ("cls/predictions/transform/LayerNorm/scale", "cls/predictions/transform/LayerNorm/bias"),
+)
+_LAYERNORM_HINTS = ("ln_f", "layer_norm", "layernorm")
+_EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
 
 _EXACT_INT_LIMIT = 2**53  # integers up to this magnitude are exact in float64
 _CHUNK_ELEMENTS = 1 << 22  # upcast/dequantise 4M values (16 MB of float32) at a time
@@ -117,6 +136,9 @@ class Head(NamedTuple):
         weight_name: the array W came from.
         bias_name: the array b came from, or None.
         source: the file, or None for heads not read from a file.
+        tokens: one string per row (None where the vocabulary has no entry), or None.
+        tokens_source: the file or metadata key the strings came from.
+        norm: the final LayerNorm/RMSNorm parameters, when the checkpoint has them.
     """
 
     W: np.ndarray
@@ -124,6 +146,26 @@ class Head(NamedTuple):
     weight_name: str
     bias_name: str | None
     source: str | None
+    tokens: tuple | None = None
+    tokens_source: str | None = None
+    norm: "FinalNorm | None" = None
+
+
+class FinalNorm(NamedTuple):
+    """The network's last normalisation before the head: ``gamma * n + beta``.
+
+    Attributes:
+        kind: ``"layernorm"`` (n centred, ``||n||_2 < sqrt(d)``) or ``"rmsnorm"``.
+        gamma: (d,) scale. beta: (d,) shift, or None.
+        eps: the epsilon from the checkpoint's config or metadata, when found.
+        names: the tensors read.
+    """
+
+    kind: str
+    gamma: np.ndarray
+    beta: np.ndarray | None
+    eps: float | None
+    names: tuple
 
 
 # --------------------------------------------------------------------- validation
@@ -236,6 +278,19 @@ class _Format:
 
     def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
         return W
+
+    def vocabulary(self) -> tuple[list | None, str | None]:
+        """Token strings from the tokenizer files next to the weights."""
+        return vocab.read_vocabulary(self.path.parent)
+
+    def norm_eps(self) -> float | None:
+        """The norm's epsilon from a ``config.json`` next to the weights."""
+        try:
+            config = json.loads((self.path.parent / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        value = next((config[k] for k in _EPS_KEYS if isinstance(config, dict) and k in config), None)
+        return float(value) if isinstance(value, (int, float)) else None
 
     def close(self) -> None:
         pass
@@ -514,6 +569,7 @@ class _GgufFile(_Format):
             self.vocab_size = len(tokens.data) if tokens is not None else None
         except _GGUF_READ_ERRORS as err:
             raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        self._reader = reader
         self._tensors = {tensor.name: tensor for tensor in reader.tensors}
         # GGUF lists dimensions fastest first: a [d, C] head is C rows of d values.
         self.entries = {tensor.name: _Entry(tuple(int(v) for v in reversed(tensor.shape.tolist())), None)
@@ -539,6 +595,30 @@ class _GgufFile(_Format):
                 raise HeadError(f"{self.path}: tensor {name!r} ({kind}, shape {shape}) is unreadable ({err})") from None
         return out.reshape(shape)
 
+    def vocabulary(self) -> tuple[list | None, str | None]:
+        tokens = vocab.gguf_tokens(self._reader)
+        return (tokens, f"{self.path} (tokenizer.ggml.tokens)") if tokens else (None, None)
+
+    def _scalar(self, key: str):
+        field = self._reader.get_field(key)
+        if field is None or not len(field.data):
+            return None
+        value = field.parts[field.data[0]]
+        if key == "general.architecture":
+            return bytes(value).decode("utf-8", errors="replace")
+        return float(value[0]) if len(value) == 1 else None
+
+    def norm_eps(self) -> float | None:
+        try:
+            arch = self._scalar("general.architecture")
+            for key in ("layer_norm_rms_epsilon", "layer_norm_epsilon"):
+                value = self._scalar(f"{arch}.attention.{key}") if arch else None
+                if value is not None:
+                    return value
+        except _GGUF_READ_ERRORS:
+            pass
+        return None
+
     def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
         """A head has one row per token of ``tokenizer.ggml.tokens``, when the file lists them."""
         count = self.vocab_size
@@ -550,6 +630,106 @@ class _GgufFile(_Format):
                         f"got shape {W.shape}")
 
 
+# Flax modules whose kernel/embedding is the head, most specific first; then tied embeddings.
+FLAX_HEAD_MODULES = ("lm_head", "head", "output", "logits", "classifier", "decoder")
+FLAX_EMBED_MODULES = ("embed_tokens", "wte", "word_embeddings", "token_embd", "embedding", "embed", "shared")
+
+
+class _FlaxTree(_Format):
+    """A Flax params pytree (nested dicts of arrays), its leaves named by ``/``-joined paths.
+
+    A ``Dense`` head stores ``kernel`` as [d, C] (transposed here), with ``bias`` [C]; a
+    tied ``nn.Embed`` used with ``attend`` stores ``embedding`` as [C, d], no bias.
+    """
+
+    noun = "leaf"
+
+    def __init__(self, params, path: Path):
+        from flax.core import unfreeze
+        from flax.traverse_util import flatten_dict
+
+        self.path = path
+        tree = unfreeze(params) if hasattr(params, "unfreeze") else params
+        if not isinstance(tree, dict):
+            raise HeadError(f"{path}: expected a Flax params tree (nested dicts of arrays), got {type(params).__name__}")
+        if set(tree) == {"params"} and isinstance(tree["params"], dict):
+            tree = tree["params"]
+        self._leaves = {name: value for name, value in flatten_dict(tree, sep="/").items() if hasattr(value, "shape")}
+        self.entries = {name: _Entry(tuple(int(n) for n in value.shape), None) for name, value in self._leaves.items()}
+        heads = [n for n, e in self.entries.items() if _is_matrix(e.shape) and n.rsplit("/", 1)[-1] in ("kernel", "embedding")]
+        self.weight_names = tuple(sorted(heads, key=self._preference))
+        self.transposed_names = tuple(n for n in heads if n.endswith("/kernel"))
+        self.bias_names = {n: (n[: -len("kernel")] + "bias",) for n in self.transposed_names}
+
+    def _preference(self, name: str):
+        modules = name.split("/")[:-1]
+        module = modules[-1] if modules else ""
+        for rank, wanted in enumerate(FLAX_HEAD_MODULES + FLAX_EMBED_MODULES):
+            if module == wanted or module.endswith("_" + wanted):
+                return (rank, 0, name)
+        # Otherwise the widest Dense kernel (most classes) last among the known names.
+        shape = self.entries[name].shape
+        classes = shape[1] if name.endswith("/kernel") else shape[0]
+        return (len(FLAX_HEAD_MODULES + FLAX_EMBED_MODULES), -classes, name)
+
+    def read(self, name: str) -> np.ndarray:
+        return np.asarray(self._leaves[name])
+
+
+class _MsgpackFile(_FlaxTree):
+    """A Flax checkpoint serialised with ``flax.serialization`` (e.g. HF ``flax_model.msgpack``).
+
+    msgpack carries plain data only; nothing is unpickled.
+    """
+
+    def __init__(self, path: Path):
+        from flax.serialization import msgpack_restore
+
+        try:
+            params = msgpack_restore(path.read_bytes())
+        except OSError as err:
+            raise HeadError(f"{path}: unreadable ({err})") from None
+        except Exception as err:  # msgpack raises its own types on damaged bytes
+            raise HeadError(f"{path}: not a readable Flax msgpack file ({type(err).__name__}: {err})") from None
+        super().__init__(params, path)
+
+
+def _flax_weight_name(source: _FlaxTree, path: str | None) -> str | None:
+    """Resolve a module path (``lm_head``, ``params/model/embed_tokens``, ``lm_head/kernel``) to a leaf."""
+    if path is None:
+        return None
+    path = path.strip("/")
+    path = path[len("params/"):] if path.startswith("params/") else path
+    for leaf in (path, f"{path}/kernel", f"{path}/embedding"):
+        if leaf in source.entries:
+            return leaf
+    raise HeadError(f"{source.path}: no Dense kernel or Embed embedding at {path!r}; "
+                    f"2-D leaves: {_describe(source.entries, _is_matrix)}")
+
+
+def head_from_flax(params, *, path: str | None = None, bias: bool = True) -> Head:
+    """The head of a Flax model from its params pytree.
+
+    Finds a ``Dense`` layer (``kernel`` [d, C], optional ``bias`` [C]; ``W = kernel.T``)
+    or a tied ``nn.Embed`` (``embedding`` [C, d], used with ``attend``; no bias). Without
+    ``path`` the module named ``lm_head``, ``head``, ``output``, ``logits``,
+    ``classifier`` or ``decoder`` wins, then embedding-like names (``embed_tokens``,
+    ``wte``, ``word_embeddings``, ...), then the widest Dense kernel.
+
+    Args:
+        params: ``variables["params"]`` or the whole variables dict (dicts or FrozenDict).
+        path: the module (``"lm_head"``, ``"model/embed_tokens"``) or leaf to use.
+        bias: use the Dense layer's bias when it has one.
+
+    Returns:
+        A :class:`Head`; ``weight_name`` is the leaf's path, ``source`` is None.
+    """
+    source = _FlaxTree(params, Path("<flax params>"))
+    weight = _flax_weight_name(source, path)
+    head = _select(source, weight, None, not bias, with_tokens=False)
+    return head._replace(source=None)
+
+
 def _row_blocks(shape: tuple):
     """``(start, stop)`` blocks of rows of about ``_CHUNK_ELEMENTS`` values."""
     step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
@@ -558,7 +738,8 @@ def _row_blocks(shape: tuple):
 
 # File name ending -> format (an ending is matched case-insensitively).
 _FORMATS: dict[str, type] = {".npz": _NpzFile, ".safetensors": _SafetensorsFile,
-                             ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile}
+                             ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile,
+                             ".msgpack": _MsgpackFile}
 
 
 # --------------------------------------------------------------- name resolution
@@ -588,13 +769,13 @@ def _flatten_bias(b: np.ndarray, C: int) -> np.ndarray:
     return b
 
 
-def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: bool) -> Head:
+def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: bool, with_tokens: bool = True) -> Head:
     """Resolve the weight and bias names, read them, fix their layout, validate."""
     path, entries, noun = source.path, source.entries, source.noun
     if weight is None:
         weight = next((n for n in source.weight_names if n in entries), None)
         if weight is None:
-            raise HeadError(f"{path}: no weight {noun} named {' or '.join(source.weight_names)}; "
+            raise HeadError(f"{path}: no weight {noun} named {' or '.join(source.weight_names) or 'as a head'}; "
                             f"2-D {noun}s in the file: {_describe(entries, _is_matrix)} (choose one with --weight NAME)")
     elif weight not in entries:
         raise HeadError(f"{path}: no {noun} named {weight!r}; 2-D {noun}s in the file: {_describe(entries, _is_matrix)}")
@@ -620,7 +801,30 @@ def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: b
         b = _flatten_bias(b, W.shape[0])
     where = f"{path} [{weight}{', ' + bias if bias else ''}]"
     W, b = validate_head(W, b, where=where)
-    return Head(W, b, weight, bias, str(path))
+    tokens, tokens_source = source.vocabulary() if with_tokens else (None, None)
+    tokens = vocab.fit(tokens, W.shape[0])
+    return Head(W, b, weight, bias, str(path), tokens, tokens_source if tokens else None,
+                _final_norm(source, W.shape[1]))
+
+
+def _final_norm(source: _ArrayFile, d: int) -> FinalNorm | None:
+    """The first of ``NORM_NAMES`` in the file whose gamma is a (d,) vector, else None."""
+    for gamma_name, beta_name in NORM_NAMES:
+        if gamma_name not in source.entries:
+            continue
+        try:
+            gamma = np.asarray(source.read(gamma_name), np.float64).reshape(-1)
+            beta = np.asarray(source.read(beta_name), np.float64).reshape(-1) if beta_name in source.entries else None
+        except HeadError:
+            return None
+        if gamma.shape != (d,) or (beta is not None and beta.shape != (d,)):
+            return None
+        if not np.all(np.isfinite(gamma)) or (beta is not None and not np.all(np.isfinite(beta))):
+            return None
+        layernorm = beta is not None or any(h in gamma_name.lower() for h in _LAYERNORM_HINTS)
+        names = (gamma_name,) + ((beta_name,) if beta is not None else ())
+        return FinalNorm("layernorm" if layernorm else "rmsnorm", gamma, beta, source.norm_eps(), names)
+    return None
 
 
 def _format_of(path: Path) -> type | None:
@@ -648,7 +852,7 @@ def _head_file_in(directory: Path) -> Path:
 
 
 def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str | None = None,
-              no_bias: bool = False) -> Head:
+              no_bias: bool = False, tokens: bool = True) -> Head:
     """Load a head from a file, finding the weight and bias arrays by name.
 
     Args:
@@ -665,6 +869,8 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
             ``output.bias``). An explicit name must exist. (1, C) and (C, 1) arrays are
             flattened.
         no_bias: ignore any bias in the file (the head is ``z = W x``).
+        tokens: look for token strings (``tokenizer.json`` or ``vocab.txt`` next to the
+            file, GGUF metadata); a missing or damaged vocabulary leaves ``tokens`` None.
 
     Returns:
         A :class:`Head` with validated float arrays; ``weight_name``/``bias_name`` say
@@ -686,7 +892,9 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
         raise HeadError(f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; supported: {', '.join(_FORMATS)}")
     source = opener(path)
     try:
-        return _select(source, weight, bias, no_bias)
+        if isinstance(source, _FlaxTree):
+            weight = _flax_weight_name(source, weight)
+        return _select(source, weight, bias, no_bias, tokens)
     finally:
         source.close()
 

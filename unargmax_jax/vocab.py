@@ -1,0 +1,80 @@
+"""Token strings for a head's rows, from the tokenizer files found next to the weights.
+
+``tokenizer.json`` (Hugging Face tokenizers: ``model.vocab`` maps piece -> id for
+BPE/WordPiece/WordLevel, or lists ``[piece, score]`` pairs in id order for Unigram; the
+``added_tokens`` list overrides by id) is preferred, else ``vocab.txt`` (line i is token
+i). GGUF files carry theirs in the ``tokenizer.ggml.tokens`` metadata. Strings are kept
+as stored (``Ġ``, ``▁`` and ``##`` markers included). Token strings are a convenience for
+reports: a damaged or odd tokenizer file yields no strings, never a failed check.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def _dense(pieces: dict[int, str]) -> list[str | None]:
+    """Id -> string map as a list; ids the map does not cover are None."""
+    out: list[str | None] = [None] * (max(pieces) + 1)
+    for i, piece in pieces.items():
+        out[i] = piece
+    return out
+
+
+def _from_tokenizer_json(path: Path) -> list[str | None] | None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    vocab = data.get("model", {}).get("vocab") if isinstance(data, dict) else None
+    pieces: dict[int, str] = {}
+    if isinstance(vocab, dict):
+        pieces = {int(i): str(piece) for piece, i in vocab.items() if isinstance(i, int) and i >= 0}
+    elif isinstance(vocab, list):
+        pieces = {n: str(entry[0] if isinstance(entry, list) else entry) for n, entry in enumerate(vocab)}
+    for added in data.get("added_tokens", []) or []:
+        if isinstance(added, dict) and isinstance(added.get("id"), int) and added["id"] >= 0:
+            pieces[added["id"]] = str(added.get("content", ""))
+    return _dense(pieces) if pieces else None
+
+
+def _from_vocab_txt(path: Path) -> list[str | None] | None:
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the file's final newline
+    return [line.rstrip("\r") for line in lines] or None
+
+
+def read_vocabulary(directory: Path) -> tuple[list[str | None] | None, str | None]:
+    """``(tokens, source file)`` from the tokenizer files in ``directory``, or ``(None, None)``."""
+    readers = {"tokenizer.json": _from_tokenizer_json, "vocab.txt": _from_vocab_txt}
+    for name in TOKENIZER_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            tokens = readers[name](path)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+            tokens = None  # damaged: try the next file
+        if tokens:
+            return tokens, str(path)
+    return None, None
+
+
+def gguf_tokens(reader) -> list[str] | None:
+    """The ``tokenizer.ggml.tokens`` strings of an open ``gguf.GGUFReader``, or None."""
+    field = reader.get_field("tokenizer.ggml.tokens")
+    if field is None:
+        return None
+    try:
+        return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
+    except (IndexError, TypeError, ValueError):
+        return None
+
+
+def fit(tokens: list[str | None] | None, classes: int) -> tuple[str | None, ...] | None:
+    """One entry per row: a shorter vocabulary leaves None for the missing ids (padding rows)."""
+    if not tokens:
+        return None
+    tokens = list(tokens[:classes]) + [None] * max(0, classes - len(tokens))
+    return tuple(tokens)
