@@ -4,8 +4,8 @@ A loader turns a file into a :class:`Head`: the weights ``W`` (C x d, one row pe
 token), an optional bias ``b`` (C,), the array names they came from and the file.
 
 Supported formats (dispatch on the file name's ending, see ``_FORMATS``; a directory
-stands for its ``model.safetensors`` or ``model.safetensors.index.json``, else its only
-head file):
+stands for its ``model.safetensors``, ``model.safetensors.index.json`` or
+``flax_model.msgpack``, else its only head file):
 
 * ``.npz`` (NumPy archives, as written by ``np.savez``; the published tool's format).
   Read with ``allow_pickle=False`` only: an object array is refused, never unpickled.
@@ -15,6 +15,9 @@ head file):
   (sizes, offsets, dtypes) before anything is read; tensors are memory-mapped through
   ``safetensors.safe_open(..., framework="numpy")``, except bfloat16 and float8, read from
   the mapped bytes and upcast (exactly) to float32 a block of rows at a time.
+* ``.msgpack`` Flax checkpoints (``flax.serialization``; plain data, no pickle) and, in
+  Python, a Flax params pytree (:func:`head_from_flax`): a ``Dense`` kernel [d, C]
+  (transposed) with its bias, or a tied ``nn.Embed`` embedding [C, d].
 * ``.gguf`` (llama.cpp), through the optional ``gguf`` package
   (``pip install 'unargmax_jax[gguf]'``): tensors are dequantised with
   ``gguf.quants.dequantize`` a block of rows at a time. GGUF lists dimensions fastest
@@ -39,6 +42,10 @@ Name resolution (the first name present wins; ``--weight``/``--bias`` override):
   bias is the head's own (``lm_head.bias``; ``cls.predictions.bias`` for BERT), else a
   Marian/BART ``final_logits_bias`` (stored (1, C)).
 * gguf: ``output.weight`` (bias ``output.bias``), else the tied ``token_embd.weight``.
+
+Token strings come from ``tokenizer.json`` or ``vocab.txt`` next to the weights, or GGUF
+metadata (:mod:`unargmax_jax.vocab`); the final LayerNorm/RMSNorm parameters from the
+names in ``NORM_NAMES``.
 
 Biases stored as (1, C) or (C, 1) are flattened. An explicit name that is not in the file
 is an error; when no weight is found, the error lists the file's 2-D arrays.
@@ -94,7 +101,7 @@ SAFETENSORS_BIAS_NAMES = {
 SAFETENSORS_OTHER_BIAS_NAMES = ("final_logits_bias",)  # Marian/BART add it to any head's logits
 GGUF_WEIGHT_NAMES = ("output.weight", "token_embd.weight")
 GGUF_BIAS_NAMES = {"output.weight": ("output.bias",)}
-DIRECTORY_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json")
+DIRECTORY_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack")
 # The final norm before the head: (gamma, beta) names, the first pair present wins.
 NORM_NAMES = (
     ("model.norm.weight", "model.norm.bias"),  # Llama, Mistral, SmolLM, Qwen: RMSNorm
@@ -833,7 +840,7 @@ def _format_of(path: Path) -> type | None:
 
 
 def _head_file_in(directory: Path) -> Path:
-    """``model.safetensors``, else ``model.safetensors.index.json``, else the only index or head file."""
+    """The first of ``DIRECTORY_FILE_NAMES`` present, else the only index or head file."""
     for name in DIRECTORY_FILE_NAMES:
         if (directory / name).is_file():
             return directory / name
@@ -858,7 +865,7 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
     Args:
         path: a head file: ``.npz``, ``.safetensors``, ``.safetensors.index.json``
             (sharded) or ``.gguf`` (needs the ``gguf`` extra); or a directory holding
-            ``model.safetensors`` or ``model.safetensors.index.json`` (else a single head
+            ``model.safetensors``, ``model.safetensors.index.json`` or ``flax_model.msgpack`` (else a single head
             file).
         weight: name of W; default: the first of the format's names present (npz: ``W``,
             else ``decoder_Wemb``, stored d x C; safetensors: ``SAFETENSORS_WEIGHT_NAMES``;
