@@ -298,6 +298,9 @@ def check(
     bu = b_np if no_twins or b_np is None else b_np[representative]
     wanted = np.zeros(n_unique, bool)
     wanted[inverse[selected]] = True
+    if ties == "strict":
+        # Every member of a strict tie is unargmaxable whatever its row's own margin: skip the work.
+        wanted[np.bincount(inverse, minlength=n_unique) > 1] = False
 
     state = _solve_unique(Wu, bu, solve_domain, settings, deadline, reporter, wanted,
                           require_exact_certificates=isinstance(user_domain, dom.Free))
