@@ -176,3 +176,21 @@ def test_compact_rows_equals_fancy_indexing(picks):
     for rows in (np.array(sorted(set(picks)), np.int64), np.array(picks, np.int64)):
         expected = table[rows].copy()
         np.testing.assert_array_equal(_compact_rows(table.copy(), rows, block=4), expected)
+
+
+def test_progress_bar_shows_after_its_delay(capsys):
+    from unargmax_jax.engine import _Progress
+
+    quiet = _Progress(True, delay=60.0)
+    quiet.update("screen", 1, 4)
+    quiet.close()
+    assert capsys.readouterr().err == ""  # a quick run prints nothing
+    shown = _Progress(True, delay=0.0, every=0.0, width=8)
+    shown.update("screen", 0, 4)
+    shown.update("screen", 2, 4)
+    shown.close()
+    err = capsys.readouterr().err
+    assert "[####----] 2/4 tokens" in err and "eta" in err and err.endswith("\n")
+    off = _Progress(False, delay=0.0)
+    off.update("screen", 2, 4)
+    assert capsys.readouterr().err == ""

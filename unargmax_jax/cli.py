@@ -131,6 +131,18 @@ def _check_head(head, domain, args, selected=None):
     return report
 
 
+def _describe_head(head) -> str:
+    """One line naming what was loaded: file, tensors, vocabulary, final norm."""
+    C, d = head.W.shape
+    parts = [f"loaded {head.source}: W = {head.weight_name} ({C} x {d}), "
+             + (f"b = {head.bias_name}" if head.bias_name else "no bias")]
+    if head.tokens_source:
+        parts.append(f"token strings from {head.tokens_source}")
+    if head.norm is not None:
+        parts.append(f"final norm {head.norm.kind} ({', '.join(head.norm.names)})")
+    return "; ".join(parts)
+
+
 def _run_check(args) -> int:
     from .heads import example_head_path, load_head
     from .verify import verify
@@ -147,6 +159,9 @@ def _run_check(args) -> int:
     except (UsageError, ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
         return _error(err)
 
+    print(_describe_head(head))
+    if selected is not None:
+        print(f"checking {int(selected.sum())} of {selected.size} tokens (the rest are reported as skipped)")
     report = _check_head(head, domain, args, selected)
     print(report.summary_table())
     status = EXIT_OK

@@ -51,13 +51,17 @@ class Settings(NamedTuple):
 
 
 class _Progress:
-    """A one-line progress indicator on stderr with a per-stage ETA, silent unless enabled."""
+    """A one-line progress bar on stderr with a per-stage ETA; silent unless enabled, and
+    silent for the first ``delay`` seconds so quick runs print nothing."""
 
-    def __init__(self, enabled: bool, *, every: float = 0.5):
+    def __init__(self, enabled: bool, *, every: float = 0.5, delay: float = 2.0, width: int = 30):
         self.enabled = enabled
         self.every = every
+        self.width = width
         self.stage = None
-        self.stage_start = self.last = time.monotonic()
+        self.shown = False
+        self.start = self.stage_start = self.last = time.monotonic()
+        self.delay = delay
 
     def update(self, stage: str, done: int, total: int):
         if not self.enabled or total == 0:
@@ -65,16 +69,18 @@ class _Progress:
         now = time.monotonic()
         if stage != self.stage:
             self.stage, self.stage_start = stage, now
-        if now - self.last < self.every and done < total:
+        if now - self.start < self.delay or (now - self.last < self.every and done < total):
             return
-        self.last = now
+        self.last, self.shown = now, True
         elapsed = now - self.stage_start
-        eta = (total - done) * elapsed / done if done else float("nan")
-        sys.stderr.write(f"\r{stage:>10}: {done}/{total} tokens  {elapsed:6.1f}s  eta {eta:6.1f}s ")
+        eta = f"{(total - done) * elapsed / done:6.0f}s" if done else "     ?"
+        filled = int(self.width * done / total)
+        bar = "#" * filled + "-" * (self.width - filled)
+        sys.stderr.write(f"\r{stage:>9} [{bar}] {done}/{total} tokens  {elapsed:5.0f}s  eta {eta} ")
         sys.stderr.flush()
 
     def close(self):
-        if self.enabled and self.stage is not None:
+        if self.enabled and self.shown:
             sys.stderr.write("\n")
             sys.stderr.flush()
 
