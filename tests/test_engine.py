@@ -27,7 +27,9 @@ def _assert_matches_exact(report, margins):
         want = 1 if m > 0 else -1
         assert report.verdict[i] == want, (i, m, report.lower[i], report.upper[i], report.stage[i])
         m = Fraction(m) if not isinstance(m, Fraction) else m
-        assert Fraction(float(report.lower[i])) <= m <= Fraction(float(report.upper[i])) or report.stage[i] == "tie"
+        lo, hi = float(report.lower[i]), float(report.upper[i])
+        assert lo == -np.inf or Fraction(lo) <= m, (i, lo, m)
+        assert hi == np.inf or m <= Fraction(hi) or report.stage[i] == "tie", (i, hi, m)
 
 
 @given(small_heads())

@@ -299,20 +299,27 @@ def check(
 
     representative, inverse = find_twins(W_np, b_np)
     n_unique = representative.size
-    no_twins = n_unique == C  # then representative is 0..C-1: use W itself, no copy
-    Wu = W_np if no_twins else W_np[representative]
-    bu = b_np if no_twins or b_np is None else b_np[representative]
-    wanted = np.zeros(n_unique, bool)
-    wanted[inverse[selected]] = True
-    if ties == "strict":
-        # Every member of a strict tie is unargmaxable whatever its row's own margin: skip the work.
-        wanted[np.bincount(inverse, minlength=n_unique) > 1] = False
+    tied = np.bincount(inverse, minlength=n_unique)[inverse] > 1
+    if ties == "strict" or n_unique == C:
+        # Solve on W itself (no copy). Every member of a strict tie is unargmaxable whatever
+        # its row's own margin, so tied rows are not solved; as competitors of the other
+        # tokens a duplicate row changes nothing.
+        W_solve, b_solve = W_np, b_np
+        state_row, state_token = np.arange(C), np.arange(C)
+        wanted = selected & ~tied
+    else:
+        # ties="first": the lowest id of a group can win, against every row but its twins.
+        W_solve, b_solve = W_np[representative], None if b_np is None else b_np[representative]
+        state_row, state_token = inverse, representative
+        wanted = np.zeros(n_unique, bool)
+        wanted[inverse[selected]] = True
 
-    state = _solve_unique(Wu, bu, solve_domain, settings, deadline, reporter, wanted,
+    state = _solve_unique(W_solve, b_solve, solve_domain, settings, deadline, reporter, wanted,
                           require_exact_certificates=isinstance(user_domain, dom.Free))
     reporter.close()
 
-    report = _assemble(W_np, b_np, user_domain, solve_domain, settings, representative, inverse, state, selected)
+    report = _assemble(W_np, b_np, user_domain, solve_domain, settings, state_row, state_token, inverse, state,
+                       selected)
     report.seconds = time.monotonic() - start
     report.stage_seconds = state["seconds"]
     if n_unique < C:
@@ -345,7 +352,7 @@ def _selected_mask(tokens, C: int) -> np.ndarray:
 
 
 def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, *, require_exact_certificates):
-    """Run the stages on the ``wanted`` rows of a head without duplicate rows; returns per-token evidence."""
+    """Run the stages on the ``wanted`` rows (never a row with a bit-identical twin); returns per-row evidence."""
     U, d = W.shape
     dtype = _device_dtype()
     # Rows nobody asked about start with a verdict no stage treats as pending.
@@ -575,13 +582,17 @@ def _compact_rows(table: np.ndarray, rows: np.ndarray, *, block: int = 4096) -> 
     return table[: rows.size]
 
 
-def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse, state, selected) -> Report:
-    """Map results on unique rows back to every token, adding tie certificates."""
+def _assemble(W, b, user_domain, solve_domain, settings, state_row, state_token, inverse, state, selected) -> Report:
+    """Map the solved rows' results to every token, adding tie certificates.
+
+    ``state_row[i]`` is the solved row holding token i's results, ``state_token[u]`` the
+    token id of solved row u; ``inverse`` groups bit-identical tokens.
+    """
     C, d = W.shape
-    verdict = state["verdict"][inverse].copy()
-    lower = state["lower"][inverse].copy()
-    upper = state["upper"][inverse].copy()
-    stage = np.array(state["stage"][inverse], dtype=object)
+    verdict = state["verdict"][state_row].copy()
+    lower = state["lower"][state_row].copy()
+    upper = state["upper"][state_row].copy()
+    stage = np.array(state["stage"][state_row], dtype=object)
     twins: dict[int, list[int]] = {}
     groups: dict[int, list[int]] = {}
     for i, u in enumerate(inverse):
@@ -601,9 +612,9 @@ def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse
     verdict[~selected] = SKIPPED
     lower[~selected], upper[~selected], stage[~selected] = -np.inf, np.inf, "skipped"
     witness_ids = np.flatnonzero(verdict == 1)
-    witnesses = _compact_rows(state["witness"], inverse[witness_ids])
-    exact = [(r, state["exact_witness"][int(inverse[i])]) for r, i in enumerate(witness_ids)
-             if int(inverse[i]) in state["exact_witness"]]
+    witnesses = _compact_rows(state["witness"], state_row[witness_ids])
+    exact = [(r, state["exact_witness"][int(state_row[i])]) for r, i in enumerate(witness_ids)
+             if int(state_row[i]) in state["exact_witness"]]
     if exact:  # float64 only when the exact stage produced a point the device dtype cannot hold
         witnesses = witnesses.astype(np.float64)
         for r, x in exact:
@@ -613,8 +624,8 @@ def _assemble(W, b, user_domain, solve_domain, settings, representative, inverse
         if i in tie_certificate:
             s, w, r = [tie_certificate[i]], [1.0], ["1/1"]
         else:
-            u = int(inverse[i])
-            s = representative[state["cert_support"][u]].tolist()
+            u = int(state_row[i])
+            s = state_token[state["cert_support"][u]].tolist()
             w = state["cert_weights"][u].tolist()
             r = state["cert_rational"].get(u, [""] * len(s))
         cert_ids.append(int(i))
