@@ -649,7 +649,7 @@ class _FlaxTree(_Format):
     tied ``nn.Embed`` used with ``attend`` stores ``embedding`` as [C, d], no bias.
     """
 
-    noun = "leaf"
+    noun = "array"
 
     def __init__(self, params, path: Path):
         from flax.core import unfreeze
@@ -782,7 +782,8 @@ def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: b
     if weight is None:
         weight = next((n for n in source.weight_names if n in entries), None)
         if weight is None:
-            raise HeadError(f"{path}: no weight {noun} named {' or '.join(source.weight_names) or 'as a head'}; "
+            wanted = f"named {' or '.join(source.weight_names)}" if source.weight_names else "to use as the head"
+            raise HeadError(f"{path}: no weight {noun} {wanted}; "
                             f"2-D {noun}s in the file: {_describe(entries, _is_matrix)} (choose one with --weight NAME)")
     elif weight not in entries:
         raise HeadError(f"{path}: no {noun} named {weight!r}; 2-D {noun}s in the file: {_describe(entries, _is_matrix)}")
