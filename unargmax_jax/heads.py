@@ -316,7 +316,7 @@ class _NpzFile(_Format):
         self.path = path
         try:
             self._archive = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
             raise HeadError(f"{path}: not a readable .npz file ({err})") from None
         if not isinstance(self._archive, np.lib.npyio.NpzFile):  # a bare .npy renamed .npz
             raise HeadError(f"{path}: not a readable .npz file (a single .npy array, not an archive)")
@@ -333,7 +333,7 @@ class _NpzFile(_Format):
                 else:  # version 3.0 has no public header reader; read() will tell
                     return _Entry(None, None)
             return _Entry(tuple(shape), dtype)
-        except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError):
+        except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError):
             return _Entry(None, None)  # not an .npy member or a damaged header: read() reports it
 
     def read(self, name: str) -> np.ndarray:
@@ -346,7 +346,7 @@ class _NpzFile(_Format):
             if "pickle" in str(err).lower():
                 raise HeadError(f"{self.path}: array {name!r} contains pickled object arrays; refusing to unpickle") from None
             raise HeadError(f"{self.path}: array {name!r} is unreadable ({err})") from None
-        except (OSError, zipfile.BadZipFile, EOFError) as err:
+        except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
             raise HeadError(f"{self.path}: array {name!r} is unreadable ({err})") from None
         if not isinstance(value, np.ndarray):
             raise HeadError(f"{self.path}: member {name!r} is not a NumPy array")
@@ -661,7 +661,9 @@ class _FlaxTree(_Format):
             raise HeadError(f"{path}: expected a Flax params tree (nested dicts of arrays), got {type(params).__name__}")
         if set(tree) == {"params"} and isinstance(tree["params"], dict):
             tree = tree["params"]
-        self._leaves = {name: value for name, value in flatten_dict(tree, sep="/").items() if hasattr(value, "shape")}
+        # Keys of a damaged or foreign file need not be strings: name leaves by str(key).
+        self._leaves = {"/".join(map(str, key)): value for key, value in flatten_dict(tree).items()
+                        if isinstance(value, np.ndarray) or hasattr(value, "__array__") and hasattr(value, "shape")}
         self.entries = {name: _Entry(tuple(int(n) for n in value.shape), None) for name, value in self._leaves.items()}
         heads = [n for n, e in self.entries.items() if _is_matrix(e.shape) and n.rsplit("/", 1)[-1] in ("kernel", "embedding")]
         self.weight_names = tuple(sorted(heads, key=self._preference))
