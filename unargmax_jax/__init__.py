@@ -2,7 +2,8 @@
 
 Public API::
 
-    from unargmax_jax import check, verify, load_head, Box, Ball, Free, Report
+    from unargmax_jax import check, verify, load_head, head_from_flax, Box, Ball, Free, Report
+    from unargmax_jax import ArgmaxableDense, Monitor
 """
 
 from ._version import __version__ as __version__
@@ -10,6 +11,20 @@ from .domains import Ball as Ball
 from .domains import Box as Box
 from .domains import Free as Free
 from .engine import check as check
+from .heads import head_from_flax as head_from_flax
 from .heads import load_head as load_head
 from .report import Report as Report
 from .verify import verify as verify
+
+
+def __getattr__(name: str):
+    # Imported on first use: flax.linen is not needed to check a head from the command line.
+    if name == "ArgmaxableDense":
+        from .prevention import ArgmaxableDense
+
+        return ArgmaxableDense
+    if name == "Monitor":
+        from .monitor import Monitor
+
+        return Monitor
+    raise AttributeError(f"module 'unargmax_jax' has no attribute {name!r}")
