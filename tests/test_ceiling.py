@@ -86,3 +86,29 @@ def test_subset_ball_and_errors():
         ceilings(W, None, ua.Free())
     with pytest.raises(ValueError, match=r"ids in 0..6"):
         ceilings(W, None, tokens=[7])
+
+
+def test_ceilings_in_reports_round_trip_and_are_verified(tmp_path):
+    rng = np.random.default_rng(0)
+    W, b = rng.normal(size=(30, 3)), rng.normal(size=30)
+    box = ua.Box(-2.0, 2.0)
+    report = ua.check(W, b, box)
+    report.add_ceilings(ceilings(W, b, box, tokens=np.arange(0, 30, 3), steps=300))
+    report.save(tmp_path)
+    loaded = ua.Report.load(tmp_path)
+    assert loaded.ceiling(3) == report.ceiling(3) and loaded.ceiling(4) is None
+    assert ua.verify(loaded, W, b).ok
+    for i in loaded.ids("unargmaxable"):
+        if loaded.ceiling(int(i)) is not None:
+            assert loaded.ceiling(int(i))[1] <= 0.5
+    # Tampering with either side is caught by the independent checker.
+    low = ua.Report.load(tmp_path)
+    low.ceiling_lower[1] *= 0.5  # still a true lower bound, so only the upper bound is wrong:
+    low.ceiling_upper[1] = low.ceiling_lower[1] * 1.01
+    result = ua.verify(low, W, b)
+    assert not result.ok and "below the dual bound" in result.reasons[3]
+    high = ua.Report.load(tmp_path)
+    true_best = brute_force_log_ceiling(W, b, -2.0, 2.0, 3)
+    high.ceiling_lower[1] = min(1.0, np.exp(true_best) * 1.01)
+    high.ceiling_upper[1] = 1.0
+    assert not ua.verify(high, W, b).ok

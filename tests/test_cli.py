@@ -360,3 +360,19 @@ def test_selected_tokens_with_a_vocabulary(tmp_path, capsys):
     assert [t["token"] for t in data["tokens"]] == words
     assert data["head"]["tokens_source"] == str(directory / "vocab.txt")
     assert main(["verify", str(out), "--weights", str(directory / "head.npz")]) == 0
+
+
+def test_ceiling_flag(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["check", "--example", "--ceiling", "--tokens", "0-12", "--out", str(out), "--quiet", "--verify"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    with_ceiling = [t for t in data["tokens"] if "ceiling" in t]
+    assert [t["id"] for t in with_ceiling] == list(range(13))
+    for t in with_ceiling:
+        lo, hi = t["ceiling"]
+        assert 0 <= lo <= hi <= 1
+        if t["verdict"] == "unargmaxable":
+            assert hi <= 0.5
+    assert main(["verify", str(out), "--weights", str(example_head_path())]) == 0
+    assert main(["check", "--example", "--ceiling", "--domain", "free", "--out", str(tmp_path / "f")]) == 2
+    assert "--ceiling needs a bounded --domain" in capsys.readouterr().err

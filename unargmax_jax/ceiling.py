@@ -56,8 +56,11 @@ def log_prob_bounds(W, b, domain: dom.Domain, token, x):
     # |computed z_j - z_j| <= gamma * (|w_j|.|x| + |b_j|) <= E for every j.
     E = gamma(d + 2, dtype) * (jnp.max(jnp.linalg.norm(W, axis=1)) * jnp.linalg.norm(x) + jnp.max(jnp.abs(b)))
     top = jnp.max(z)
-    lse = top + jnp.log(jnp.sum(jnp.exp(z - top)))
-    lse_err = gamma(C + 8, dtype) * (jnp.abs(lse) + jnp.abs(top) + 1.0)
+    log_sum = jnp.log(jnp.sum(jnp.exp(z - top)))
+    lse = top + log_sum
+    # The sum of exponentials has relative error <= gamma_{C+2}, so its log is off by about
+    # that much in absolute terms; the few roundings after it are relative to the values.
+    lse_err = gamma(C + 8, dtype) + gamma(8, dtype) * (jnp.abs(lse) + jnp.abs(top) + jnp.abs(log_sum) + jnp.abs(z[token]))
     lower = z[token] - lse - 2 * E - lse_err - tiny_pad(C, dtype)
 
     nu = jnp.exp(z - top)  # any nonnegative weights will do; these are softmax up to scale

@@ -16,6 +16,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from . import domains as dom
 from ._version import __version__
 
@@ -43,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--tokens-regex", metavar="REGEX", help="check only tokens whose string matches (re.search)")
     check.add_argument("--script", metavar="NAME",
                        help="check only tokens written in this Unicode script, e.g. latin, cyrillic, han")
+    check.add_argument("--ceiling", action="store_true",
+                       help="also prove bounds on each checked token's largest softmax probability on the domain "
+                            "(costs about --ceiling-steps passes over the head per token; combine with --tokens)")
+    check.add_argument("--ceiling-steps", type=int, default=300, help="ascent steps per token for --ceiling (default 300)")
     check.add_argument("--fail-on", choices=["unargmaxable", "undecided"], action="append", default=[],
                        help="exit 1 if any token has this verdict (repeatable)")
     check.add_argument("--verify", action="store_true", help="re-check the evidence independently afterwards")
@@ -104,6 +110,8 @@ def _check_options(args) -> None:
         raise UsageError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
     if args.max_seconds is not None and not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
         raise UsageError(f"--max-seconds: expected a finite number >= 0, got {args.max_seconds}")
+    if args.command == "check" and args.ceiling_steps <= 0:
+        raise UsageError(f"--ceiling-steps: expected a positive integer, got {args.ceiling_steps}")
     if not 0 <= args.seed < _MAX_SEED:
         raise UsageError(f"--seed: expected an integer in [0, 2^32), got {args.seed}")
 
@@ -143,6 +151,22 @@ def _describe_head(head) -> str:
     return "; ".join(parts)
 
 
+def _add_ceilings(report, head, domain, args) -> None:
+    from .ceiling import ceilings
+
+    ids = np.flatnonzero(report.verdict != 2)
+    starts = np.stack([report.witness(int(i)) if report.witness(int(i)) is not None else np.zeros(head.W.shape[1])
+                       for i in ids])
+    starts = np.clip(starts, *_box_limits(domain)) if isinstance(domain, dom.Box) else starts
+    if not args.quiet:
+        print(f"bounding the probability ceilings of {ids.size} token(s) ...", file=sys.stderr)
+    report.add_ceilings(ceilings(head.W, head.b, domain, tokens=ids, steps=args.ceiling_steps, starts=starts))
+
+
+def _box_limits(domain):
+    return np.asarray(domain.lo, np.float64), np.asarray(domain.hi, np.float64)
+
+
 def _run_check(args) -> int:
     from .heads import example_head_path, load_head
     from .verify import verify
@@ -156,6 +180,9 @@ def _run_check(args) -> int:
                          weight=args.weight, bias=args.bias, no_bias=args.no_bias)
         dom.validate(domain, head.W.shape[1])
         selected = _selection(args, head)
+        if args.ceiling and isinstance(domain, dom.Free):
+            raise UsageError("--ceiling needs a bounded --domain (box or ball): on all of R^d every argmaxable "
+                             "token reaches probability 1")
     except (UsageError, ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
         return _error(err)
 
@@ -163,6 +190,8 @@ def _run_check(args) -> int:
     if selected is not None:
         print(f"checking {int(selected.sum())} of {selected.size} tokens (the rest are reported as skipped)")
     report = _check_head(head, domain, args, selected)
+    if args.ceiling:
+        _add_ceilings(report, head, domain, args)
     print(report.summary_table())
     status = EXIT_OK
     if args.verify:

@@ -16,21 +16,27 @@ import numpy as np
 
 from . import domains as dom
 
-CSV_COLUMNS = ("id", "token", "verdict", "lower", "upper", "stage")
+CSV_COLUMNS = ("id", "token", "verdict", "lower", "upper", "stage", "ceiling_lower", "ceiling_upper")
 _LISTED = 200  # unargmaxable tokens listed in summary.md, at most
 
 
 def tokens_csv(report) -> str:
-    """One row per token: ``id,token,verdict,lower,upper,stage`` (floats round-trip exactly)."""
+    """One row per token: ``id,token,verdict,lower,upper,stage,ceiling_lower,ceiling_upper``.
+
+    Floats round-trip exactly; the ceiling columns are empty where no ceiling was computed.
+    """
     from .report import VERDICT_NAMES
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
+    ceilings = {int(i): (repr(float(lo)), repr(float(hi)))
+                for i, lo, hi in zip(report.ceiling_ids, report.ceiling_lower, report.ceiling_upper)}
     for i in range(report.verdict.shape[0]):
         text = report.token(i)
         writer.writerow((i, "" if text is None else text, VERDICT_NAMES[int(report.verdict[i])],
-                         repr(float(report.lower[i])), repr(float(report.upper[i])), str(report.stage[i])))
+                         repr(float(report.lower[i])), repr(float(report.upper[i])), str(report.stage[i]),
+                         *ceilings.get(i, ("", ""))))
     return buffer.getvalue()
 
 
@@ -104,6 +110,16 @@ def summary_markdown(report, *, closest: int = 20, plotted: bool = True) -> str:
 
         lines += [f"| {i} |{token_cell(i)} {VERDICT_NAMES[int(report.verdict[i])]} | {_interval(report, int(i))} |"
                   for i in near]
+    if report.ceiling_ids.size:
+        order = np.argsort(report.ceiling_upper, kind="stable")[:closest]
+        lines += ["", f"## Lowest probability ceilings ({order.size} of {report.ceiling_ids.size} computed)", "",
+                  "The largest softmax probability each token can reach on the domain, proved to lie in the interval.",
+                  "", f"| id |{token_head[0]} verdict | ceiling |", f"|---|{token_head[1]}---|---|"]
+        from .report import VERDICT_NAMES as NAMES
+
+        lines += [f"| {report.ceiling_ids[r]} |{token_cell(report.ceiling_ids[r])} "
+                  f"{NAMES[int(report.verdict[report.ceiling_ids[r]])]} | "
+                  f"[{report.ceiling_lower[r]:.6g}, {report.ceiling_upper[r]:.6g}] |" for r in order]
     if report.twins:
         groups = sorted({tuple(sorted([i, *t])) for i, t in report.twins.items()})
         lines += ["", f"## Exact ties ({len(groups)} group(s) of identical row and bias)", ""]

@@ -10,7 +10,10 @@ the proved margin interval ``[lower, upper]`` and the stage that decided it.
   token (CSR layout: token ``certificate_ids[r]`` uses entries
   ``offsets[r]:offsets[r + 1]``),
 * ``certificate_rational`` (nnz,) str: the exact weight ``"p/q"`` where the certificate
-  was proved in rational arithmetic (margin exactly 0), else ``""``.
+  was proved in rational arithmetic (margin exactly 0), else ``""``,
+* ``ceiling_ids`` (q,), ``ceiling_points`` (q, d): for tokens whose probability ceiling
+  was computed, the point x attaining the lower bound (the upper bound's dual point is
+  softmax(z(x))); the bounds themselves are each token's ``"ceiling"`` in report.json.
 """
 
 from __future__ import annotations
@@ -63,7 +66,22 @@ class Report:
         stage: the stage that decided each token.
         twins: token id -> other ids with a bit-identical row and bias.
         tokens: the token strings (None where unknown), or None.
+        ceiling_ids, ceiling_lower, ceiling_upper, ceiling_points: proved bounds on the
+            largest softmax probability of some tokens and the points attaining the lower
+            bound (see :mod:`unargmax_jax.ceiling`); empty unless computed.
     """
+
+    def add_ceilings(self, result) -> None:
+        """Attach a :class:`~unargmax_jax.ceiling.Ceilings` (probabilities rounded outwards)."""
+        self.ceiling_ids = np.asarray(result.ids, np.int64)
+        self.ceiling_lower = np.nextafter(np.exp(np.asarray(result.log_lower, np.float64)), 0.0)
+        self.ceiling_upper = np.minimum(np.nextafter(np.exp(np.asarray(result.log_upper, np.float64)), np.inf), 1.0)
+        self.ceiling_points = np.asarray(result.points, np.float64)
+
+    def ceiling(self, i: int) -> tuple[float, float] | None:
+        """Token i's proved ``(lower, upper)`` on its largest probability, if computed."""
+        rows = np.flatnonzero(self.ceiling_ids == i)
+        return (float(self.ceiling_lower[rows[0]]), float(self.ceiling_upper[rows[0]])) if rows.size else None
 
     head: dict
     domain: dom.Domain
@@ -85,6 +103,10 @@ class Report:
     notes: list = dataclasses.field(default_factory=list)
     solved_on: dict | None = None
     tokens: list | None = None
+    ceiling_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    ceiling_lower: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))  # probabilities
+    ceiling_upper: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    ceiling_points: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
 
     # ----------------------------------------------------------------- queries
     def counts(self) -> dict:
@@ -144,6 +166,8 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
+        ceilings = {int(i): [float(lo), float(hi)]
+                    for i, lo, hi in zip(self.ceiling_ids, self.ceiling_lower, self.ceiling_upper)}
         tokens = []
         for i in range(self.verdict.shape[0]):
             entry = {
@@ -158,6 +182,8 @@ class Report:
             text = self.token(i)
             if text is not None:
                 entry["token"] = text
+            if i in ceilings:
+                entry["ceiling"] = ceilings[i]
             tokens.append(entry)
         return {
             "format": FORMAT,
@@ -199,6 +225,8 @@ class Report:
             "certificate_support": np.asarray(self.certificate_support, np.int64),
             "certificate_weights": np.asarray(self.certificate_weights, np.float64),
             "certificate_rational": np.asarray(self.certificate_rational, dtype=np.str_),
+            "ceiling_ids": np.asarray(self.ceiling_ids, np.int64),
+            "ceiling_points": np.asarray(self.ceiling_points, np.float64).reshape(-1, self.head["dim"]),
         }
         _atomic_write(out / CERTIFICATE_FILE, lambda f: np.savez(f, **arrays))
         for name in (TOKENS_FILE, SUMMARY_FILE):
@@ -263,7 +291,19 @@ class Report:
             notes=data.get("notes", []),
             solved_on=data.get("solved_on"),
             tokens=[t.get("token") for t in tokens] if any("token" in t for t in tokens) else None,
+            **_ceilings_from(tokens, arrays, data["head"]["dim"]),
         )
+
+
+def _ceilings_from(tokens: list, arrays: dict, d: int) -> dict:
+    """The ceiling fields of a loaded report: bounds from report.json, points from the npz."""
+    ids = np.asarray(arrays.get("ceiling_ids", np.zeros(0, np.int64)), np.int64)
+    points = np.asarray(arrays.get("ceiling_points", np.zeros((0, d))), np.float64).reshape(-1, d)
+    if ids.size != points.shape[0] or any("ceiling" not in tokens[int(i)] for i in ids):
+        raise ValueError("ceiling points and bounds do not match")
+    return dict(ceiling_ids=ids, ceiling_points=points,
+                ceiling_lower=np.array([float(tokens[int(i)]["ceiling"][0]) for i in ids]),
+                ceiling_upper=np.array([float(tokens[int(i)]["ceiling"][1]) for i in ids]))
 
 
 def _json_float(value: float):

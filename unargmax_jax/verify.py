@@ -119,6 +119,7 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
 
     checked = _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail)
     checked += _check_certificates(report, W, b, bias, domain, fail)
+    _check_ceilings(report, W, bias, domain, fail)
     failed = np.array(sorted(i for i in reasons if i >= 0), dtype=np.int64)
     return VerifyResult(not reasons, failed, reasons, checked)
 
@@ -302,3 +303,66 @@ def _float_certificate_value(W, bias, domain, i, support, weights) -> float:
     pad = bias_err + float(g_err @ extent) + sigma_err + _gamma(d + 4) * (abs(bias_part) + abs(sigma)) + 1e-300
     total = bias_part + sigma + pad
     return total / s * (1 + 8 * UNIT) if total > 0 else total / s * (1 - 8 * UNIT)
+
+
+def _log_sum_exp(z: np.ndarray) -> float:
+    top = float(np.max(z))
+    return top + float(np.log(np.sum(np.exp(z - top))))
+
+
+def _check_ceilings(report, W, bias, domain, fail) -> None:
+    r"""Re-derive both ceiling bounds from the stored point x in float64.
+
+    Lower: :math:`\log p_i(x)`. Upper: with :math:`\nu = \exp(z(x) - \max z)`,
+    :math:`s = \sum \nu`, Gibbs' inequality gives
+    :math:`\log p^* \le \sigma_X(w_i - W^T\nu/s) + b_i - \nu^T b/s + \sum_j \nu_j \log \nu_j / s - \log s`.
+    Each side is padded by a float64 rounding bound before comparing.
+    """
+    ids = np.asarray(report.ceiling_ids, np.int64)
+    if not ids.size:
+        return
+    C, d = W.shape
+    points = np.asarray(report.ceiling_points, np.float64).reshape(-1, d)
+    if points.shape[0] != ids.size or report.ceiling_lower.shape != ids.shape or report.ceiling_upper.shape != ids.shape:
+        for i in ids:
+            fail(i, "ceiling table is malformed")
+        return
+    row_norm = float(np.max(np.linalg.norm(W, axis=1)))
+    bias_max = float(np.max(np.abs(bias)))
+    g_pad = _gamma(C + d + 8)
+    for n, i in enumerate(ids):
+        i, x = int(i), points[n]
+        lo, hi = float(report.ceiling_lower[n]), float(report.ceiling_upper[n])
+        if not (0.0 <= lo <= hi <= 1.0) or i < 0 or i >= C:
+            fail(i, f"ceiling interval [{lo}, {hi}] is not inside [0, 1]")
+            continue
+        if not _in_domain(domain, x) or isinstance(domain, dom.Free):
+            fail(i, "ceiling point lies outside the domain")
+            continue
+        z = W @ x + bias
+        E = _gamma(d + 2) * (row_norm * float(np.linalg.norm(x)) + bias_max)
+        lse = _log_sum_exp(z)
+        log_p_high = z[i] - lse + 2 * E + g_pad * (abs(lse) + abs(z[i]) + 1.0)
+        if lo > 0 and np.log(lo) > log_p_high:
+            fail(i, f"ceiling lower bound {lo} exceeds the probability at its point")
+            continue
+        nu = np.exp(z - np.max(z))
+        s = float(nu.sum())
+        g = W[i] - (nu @ W) / s
+        g_err = g_pad * (np.abs(W[i]) + (nu @ np.abs(W)) / s)
+        if isinstance(domain, dom.Box):
+            box_lo, box_hi = _box_bounds(domain, d)
+            extent = np.maximum(np.abs(box_lo), np.abs(box_hi))
+            sigma = float(np.sum(np.maximum(g * box_lo, g * box_hi)))
+        else:
+            centre = np.broadcast_to(np.asarray(domain.center, np.float64), (d,))
+            extent = np.abs(centre) + float(domain.radius)
+            sigma = float(g @ centre + float(domain.radius) * np.linalg.norm(g))
+        positive = nu > 0
+        nu_log_nu = float(np.sum(nu[positive] * np.log(nu[positive])))
+        rest = bias[i] - float(nu @ bias) / s + nu_log_nu / s - np.log(s)
+        pad = (float(g_err @ extent) + g_pad * (float(np.abs(g) @ extent) + abs(bias[i]) + float(nu @ np.abs(bias)) / s
+                                                 + abs(nu_log_nu) / s + abs(np.log(s)) + 1.0))
+        log_upper = sigma + rest + pad
+        if hi < 1.0 and np.log(hi) < log_upper and np.log(hi) < 0:
+            fail(i, f"ceiling upper bound {hi} is below the dual bound {np.exp(min(log_upper, 0.0))} at its point")
