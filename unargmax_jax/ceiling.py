@@ -14,7 +14,9 @@ ascent (optax Adam, batched over tokens with ``vmap``) approaches :math:`x^*`, a
 Both are evaluated in the device dtype and padded by bounds on their rounding error. The
 report stores x per token; the dual point is ``softmax(z(x))``, so the independent
 checker can recompute both bounds from x alone. An unargmaxable token has
-:math:`p_i^* \le 1/2`.
+:math:`p_i^* \le 1/2` (some rival's logit is at least its own everywhere), and
+``Report.add_ceilings`` caps the upper bound of proved-unargmaxable tokens there. The
+pads are float32 rounding bounds; with ``jax_enable_x64`` the intervals are much tighter.
 """
 
 from __future__ import annotations

@@ -75,7 +75,11 @@ class Report:
         """Attach a :class:`~unargmax_jax.ceiling.Ceilings` (probabilities rounded outwards)."""
         self.ceiling_ids = np.asarray(result.ids, np.int64)
         self.ceiling_lower = np.nextafter(np.exp(np.asarray(result.log_lower, np.float64)), 0.0)
-        self.ceiling_upper = np.minimum(np.nextafter(np.exp(np.asarray(result.log_upper, np.float64)), np.inf), 1.0)
+        upper = np.minimum(np.nextafter(np.exp(np.asarray(result.log_upper, np.float64)), np.inf), 1.0)
+        # A proved-unargmaxable token never strictly wins, so some rival's logit is at least
+        # its own everywhere: its probability is at most 1/2.
+        capped = self.verdict[self.ceiling_ids] == -1
+        self.ceiling_upper = np.where(capped, np.minimum(upper, 0.5), upper)
         self.ceiling_points = np.asarray(result.points, np.float64)
 
     def ceiling(self, i: int) -> tuple[float, float] | None:
