@@ -48,6 +48,7 @@ class Settings(NamedTuple):
     rational_seconds: float = 60.0
     free_box_radius: float = 1e4
     max_seconds: float | None = None
+    shard: bool = True  # split each batch's tokens across all local devices
 
 
 class _Progress:
@@ -232,6 +233,36 @@ def _refresh_support(top, support, lam, *, keep):
     return out
 
 
+class _Placement:
+    """Where arrays go: replicated (the head) or split along their first, token axis.
+
+    With several local devices each batch of tokens is split across them (W replicated);
+    every token's computation is independent, so XLA partitions the batched kernels
+    without communication. With one device this is a plain ``jnp.asarray``.
+    """
+
+    def __init__(self, shard: bool):
+        devices = jax.local_devices()
+        self.count = len(devices) if shard else 1
+        if self.count > 1:
+            from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+            mesh = Mesh(np.array(devices), ("tokens",))
+            self._split = NamedSharding(mesh, PartitionSpec("tokens"))
+            self._copy = NamedSharding(mesh, PartitionSpec())
+
+    def batch(self, size: int) -> int:
+        """``size`` rounded up to a multiple of the device count."""
+        return -(-size // self.count) * self.count
+
+    def split(self, array, dtype=None):
+        array = jnp.asarray(array, dtype)
+        return jax.device_put(array, self._split) if self.count > 1 else array
+
+    def replicate(self, tree):
+        return jax.device_put(tree, self._copy) if self.count > 1 else tree
+
+
 def _chunks(ids: np.ndarray, size: int):
     """Fixed-size chunks (the last padded by repeating its first id) with a validity mask."""
     for start in range(0, ids.size, size):
@@ -372,18 +403,20 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                     cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
+    place = _Placement(settings.shard)
     mean, precision = screen.whitening(W)
     head = _Head(jnp.asarray(W, dtype), jnp.asarray(np.zeros(U) if b is None else b, dtype),
                  jnp.linalg.norm(jnp.asarray(W, dtype), axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
-    ddomain = _domain_on_device(domain, dtype)
+    head = place.replicate(head)
+    ddomain = place.replicate(_domain_on_device(domain, dtype))
     k = settings.competitors or max(32, 2 * (d + 1))
     k = int(min(k, U - 1, 1024))
-    B = int(min(settings.chunk_size, U))
+    B = place.batch(int(min(settings.chunk_size, U)))
     # Ascent and PDHG hold a (batch, k, d) block of competitor rows and a few arrays of its
     # size; the batch is capped so that stays within about the head's own size.
     per_token = 4 * k * d * np.dtype(dtype).itemsize
     hard_B = int(min(B, max(1, max(W.nbytes, 64 << 20) // per_token)))
-    hard_B = 1 << (hard_B.bit_length() - 1)  # a power of two: few distinct compiled shapes
+    hard_B = place.batch(1 << (hard_B.bit_length() - 1))  # a power of two: few distinct compiled shapes
     top: dict[int, np.ndarray] = {}  # competitor candidates, kept only for undecided tokens
     key = jax.random.PRNGKey(settings.seed)
     extent = np.asarray(dom.extent(ddomain))
@@ -427,13 +460,13 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         todo = np.flatnonzero(verdict == 0)
         # The second pass tries ~5 points per token: fewer tokens per product keep its
         # memory (points x C logits) at the first pass's.
-        size = max(1, B // 4) if all_candidates else B
+        size = place.batch(max(1, B // 4)) if all_candidates else B
         for ids, valid in _chunks(todo, size):
             if time.monotonic() > deadline:
                 break
-            x, wb, one, U_one = _screen_chunk(head, jnp.asarray(ids), ddomain, key, all_candidates=all_candidates)
+            x, wb, one, U_one = _screen_chunk(head, place.split(ids), ddomain, key, all_candidates=all_candidates)
             if settings.braid_steps and all_candidates:
-                x, wb = _braid_chunk(head, jnp.asarray(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
+                x, wb = _braid_chunk(head, place.split(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
             record_witness(ids, valid, x, wb, "screen")
             record_certificate(ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
             done += valid
@@ -444,7 +477,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     for ids, valid in _chunks(np.flatnonzero(verdict == 0), B):
         if time.monotonic() > deadline:
             break
-        record_witness(ids, valid, witness[ids], _top_chunk(head, jnp.asarray(ids), jnp.asarray(witness[ids], dtype), num_top=k),
+        record_witness(ids, valid, witness[ids], _top_chunk(head, place.split(ids), place.split(witness[ids], dtype), num_top=k),
                        "screen")
     seconds["screen"] = time.monotonic() - t0
 
@@ -457,7 +490,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         if time.monotonic() > deadline:
             break
         support = np.stack([top[int(i)] for i in ids])
-        x, wb, weights, U_rig = _ascent_chunk(head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype),
+        x, wb, weights, U_rig = _ascent_chunk(head, place.split(ids), place.split(support), place.split(witness[ids], dtype),
                                               ddomain, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
         record_witness(ids, valid, x, wb, "ascent")
         record_certificate(ids, valid, support, weights, U_rig, "ascent")
@@ -489,7 +522,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         while queue and len(active) < hard_B:
             active.append(int(queue.pop(0)))
         # A short tail runs in a smaller batch: every slot of a vmapped loop costs time.
-        slots = hard_B if len(active) > hard_B // 8 else max(1, hard_B // 8)
+        slots = hard_B if len(active) > hard_B // 8 else place.batch(max(1, hard_B // 8))
         ids = np.array(active + [active[0]] * (slots - len(active)), np.int64)
         valid = len(active)
         support = np.stack([state_of.get(i, (top[i],))[0] for i in ids])
@@ -497,8 +530,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         omega0 = np.array([state_of[i][2] if i in state_of else omega_start for i in ids])
         budget = np.where(np.arange(slots) < valid, settings.pdhg_round_iterations, 0)
         result, wb, weights, U_rig = _pdhg_chunk(
-            head, jnp.asarray(ids), jnp.asarray(support), jnp.asarray(witness[ids], dtype), jnp.asarray(lam0, dtype),
-            jnp.asarray(omega0, dtype), jnp.asarray(budget, jnp.int32), ddomain,
+            head, place.split(ids), place.split(support), place.split(witness[ids], dtype), place.split(lam0, dtype),
+            place.split(omega0, dtype), place.split(budget, jnp.int32), ddomain,
             max_iterations=settings.pdhg_round_iterations, tolerance=tolerance, decisive=decisive, num_top=k,
             adaptive_step=settings.pdhg_adaptive_step)
         record_witness(ids, valid, result.x, wb, "pdhg")

@@ -1,0 +1,38 @@
+"""A check split across 8 (forced host) devices decides every token as a one-device run does."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+import numpy as np, jax, unargmax_jax as ua
+rng = np.random.default_rng(7)
+W = rng.normal(size=(600, 4)).astype(np.float32)
+b = rng.normal(size=600).astype(np.float32)
+W[5], b[5] = W[9], b[9]  # a tie
+report = ua.check(W, b, chunk_size=64)
+print(json.dumps({"devices": jax.device_count(), "ok": bool(ua.verify(report, W, b).ok),
+                  "verdict": report.verdict.tolist()}))
+"""
+
+
+def _run(devices: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", PROBE, str(devices)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("devices", [8])
+def test_sharded_run_equals_single_device_run(devices):
+    single, sharded = _run(1), _run(devices)
+    assert single["devices"] == 1 and sharded["devices"] == devices
+    assert single["ok"] and sharded["ok"]  # both reports pass the independent checker
+    assert sharded["verdict"] == single["verdict"]
+    assert single["verdict"].count(-1) > 0 and single["verdict"].count(1) > 0
