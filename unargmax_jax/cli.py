@@ -75,6 +75,9 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float,
                         help="per head: stop starting new work after this long; the rest stays undecided")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    parser.add_argument("--checkpoint-seconds", type=float, default=30.0,
+                        help="save partial state to the output directory this often while screening, so an "
+                             "interrupted run resumes when the same command is run again (default 30)")
 
 
 def _add_head_names(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +115,8 @@ def _check_options(args) -> None:
         raise UsageError(f"--max-seconds: expected a finite number >= 0, got {args.max_seconds}")
     if args.command == "check" and args.ceiling_steps <= 0:
         raise UsageError(f"--ceiling-steps: expected a positive integer, got {args.ceiling_steps}")
+    if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
+        raise UsageError(f"--checkpoint-seconds: expected a finite number >= 0, got {args.checkpoint_seconds}")
     if not 0 <= args.seed < _MAX_SEED:
         raise UsageError(f"--seed: expected an integer in [0, 2^32), got {args.seed}")
 
@@ -124,12 +129,21 @@ def _selection(args, head):
     return select(head.W.shape[0], head.tokens, ids=args.tokens, regex=args.tokens_regex, script=args.script)
 
 
-def _check_head(head, domain, args, selected=None):
-    """Run the engine on a loaded head with the command-line settings; label the report."""
+PARTIAL_FILE = ".unargmax-partial.npz"
+
+
+def _check_head(head, domain, args, selected=None, out=None):
+    """Run the engine on a loaded head with the command-line settings; label the report.
+
+    With ``out``, partial state goes to ``out/.unargmax-partial.npz`` as the run goes and a
+    run of the same head and settings resumes from it.
+    """
     from .engine import check
 
+    checkpoint = None if out is None else Path(out) / PARTIAL_FILE
     report = check(head.W, head.b, domain, ties=args.ties, seed=args.seed, chunk_size=args.chunk_size,
-                   max_seconds=args.max_seconds, progress=not args.quiet, tokens=selected)
+                   max_seconds=args.max_seconds, progress=not args.quiet, tokens=selected, checkpoint=checkpoint,
+                   checkpoint_seconds=args.checkpoint_seconds)
     report.head.update(source=head.source, weight_name=head.weight_name, bias_name=head.bias_name)
     if head.tokens is not None:
         report.tokens = list(head.tokens)
@@ -189,7 +203,7 @@ def _run_check(args) -> int:
     print(_describe_head(head))
     if selected is not None:
         print(f"checking {int(selected.sum())} of {selected.size} tokens (the rest are reported as skipped)")
-    report = _check_head(head, domain, args, selected)
+    report = _check_head(head, domain, args, selected, out=out)
     if args.ceiling:
         _add_ceilings(report, head, domain, args)
     print(report.summary_table())
@@ -205,6 +219,7 @@ def _run_check(args) -> int:
         report.save(out)
     except (ValueError, OSError) as err:
         return _error(err)
+    (out / PARTIAL_FILE).unlink(missing_ok=True)  # the run is complete
     print(f"report written to {out}: report.json, certificates.npz (evidence), tokens.csv, summary.md"
           + (", margins.png" if (out / "margins.png").exists() else ""))
     counts = report.counts()
@@ -285,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_survey(args)
         return _run_verify(args)
     except KeyboardInterrupt:
-        print("unargmax: interrupted", file=sys.stderr)
+        print("unargmax: interrupted; run the same command again to resume from the last saved state",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

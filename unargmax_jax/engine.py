@@ -16,6 +16,7 @@ Every verdict rests on a rigorous bound (``bounds``) or an exact computation
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from functools import partial
@@ -49,6 +50,7 @@ class Settings(NamedTuple):
     free_box_radius: float = 1e4
     max_seconds: float | None = None
     shard: bool = True  # split each batch's tokens across all local devices
+    checkpoint_seconds: float = 30.0  # with a checkpoint file: how often screening saves it
 
 
 class _Progress:
@@ -79,6 +81,12 @@ class _Progress:
         bar = "#" * filled + "-" * (self.width - filled)
         sys.stderr.write(f"\r{stage:>9} [{bar}] {done}/{total} tokens  {elapsed:5.0f}s  eta {eta} ")
         sys.stderr.flush()
+
+    def note(self, message: str):
+        if self.enabled:
+            sys.stderr.write(("\n" if self.shown else "") + message + "\n")
+            sys.stderr.flush()
+            self.shown = False
 
     def close(self):
         if self.enabled and self.shown:
@@ -284,6 +292,7 @@ def check(
     max_seconds: float | None = None,
     progress: bool = False,
     tokens=None,
+    checkpoint=None,
     **options,
 ) -> Report:
     """Decide, with proof, whether each token of the head ``z = W x + b`` can be the argmax on X.
@@ -300,6 +309,9 @@ def check(
         progress: print a progress line with an ETA on stderr.
         tokens: the tokens to decide, as ids or a boolean mask of shape ``(C,)`` (default
             all). Every row still competes; the others are reported as ``skipped``.
+        checkpoint: a file for partial state (see :mod:`unargmax_jax.resume`): saved as
+            the run goes, and resumed from when it holds a run of the same head,
+            settings, domain and selection. The caller deletes it when done.
         **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_iterations``, ...).
 
     Returns:
@@ -345,8 +357,18 @@ def check(
         wanted = np.zeros(n_unique, bool)
         wanted[inverse[selected]] = True
 
+    saver = None
+    if checkpoint is not None:
+        from .resume import Checkpoint
+
+        identity = hashlib.sha256()
+        identity.update(head_sha256(W_np, b_np).encode())
+        run_settings = {k: v for k, v in settings._asdict().items() if k not in ("max_seconds", "checkpoint_seconds")}
+        identity.update(json.dumps([run_settings, dom.to_json(solve_domain)], sort_keys=True, default=str).encode())
+        identity.update(np.packbits(wanted).tobytes())
+        saver = Checkpoint(checkpoint, identity.hexdigest(), every=settings.checkpoint_seconds)
     state = _solve_unique(W_solve, b_solve, solve_domain, settings, deadline, reporter, wanted,
-                          require_exact_certificates=isinstance(user_domain, dom.Free))
+                          require_exact_certificates=isinstance(user_domain, dom.Free), checkpoint=saver)
     reporter.close()
 
     report = _assemble(W_np, b_np, user_domain, solve_domain, settings, state_row, state_token, inverse, state,
@@ -382,7 +404,8 @@ def _selected_mask(tokens, C: int) -> np.ndarray:
     return mask
 
 
-def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, *, require_exact_certificates):
+def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, *, require_exact_certificates,
+                  checkpoint=None):
     """Run the stages on the ``wanted`` rows (never a row with a bit-identical twin); returns per-row evidence."""
     U, d = W.shape
     dtype = _device_dtype()
@@ -418,8 +441,41 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     hard_B = int(min(B, max(1, max(W.nbytes, 64 << 20) // per_token)))
     hard_B = place.batch(1 << (hard_B.bit_length() - 1))  # a power of two: few distinct compiled shapes
     top: dict[int, np.ndarray] = {}  # competitor candidates, kept only for undecided tokens
+    pdhg_support: dict[int, np.ndarray] = {}  # PDHG's last competitor sets, for the exact stage
     key = jax.random.PRNGKey(settings.seed)
     extent = np.asarray(dom.extent(ddomain))
+    state = dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
+                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, top=top,
+                 pdhg_support=pdhg_support, seconds=seconds)
+    snapshot = checkpoint.load() if checkpoint is not None else None
+    if snapshot is not None:
+        for name in ("verdict", "lower", "upper", "stage", "witness"):
+            state[name][...] = snapshot[name]
+        for name in ("exact_witness", "cert_support", "cert_weights", "cert_rational", "top", "pdhg_support",
+                     "seconds"):
+            state[name].update(snapshot[name])
+        reporter.note(f"resuming a partial run at {snapshot['phase']} "
+                      f"({int(np.sum(np.isin(verdict, (1, -1))))} token(s) already decided)")
+
+    def begin(phase: str, todo: np.ndarray):
+        """``(tokens, first chunk)`` of a phase, or None for a phase the snapshot has passed.
+
+        A phase starts by saving a snapshot, so a run cut short inside it replays it from
+        exactly this state.
+        """
+        nonlocal snapshot
+        from .resume import PHASES
+
+        if snapshot is not None:
+            here, saved = PHASES.index(phase), PHASES.index(snapshot["phase"])
+            if here < saved:
+                return None
+            if here == saved:
+                todo, first, snapshot = snapshot["todo"], snapshot["position"], None
+                return todo, first
+        if checkpoint is not None:
+            checkpoint.save(phase, 0, todo, state)
+        return todo, 0
 
     def record_witness(ids, valid, x, wb, name):
         ids = ids[:valid]
@@ -457,11 +513,16 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     t0 = time.monotonic()
     done = 0
     for all_candidates, name in ((False, "screen"), (True, "screen 2")):
-        todo = np.flatnonzero(verdict == 0)
+        started = begin(name, np.flatnonzero(verdict == 0))
+        if started is None:
+            continue
+        todo, first = started
         # The second pass tries ~5 points per token: fewer tokens per product keep its
         # memory (points x C logits) at the first pass's.
         size = place.batch(max(1, B // 4)) if all_candidates else B
-        for ids, valid in _chunks(todo, size):
+        for n, (ids, valid) in enumerate(_chunks(todo, size)):
+            if n < first:
+                continue
             if time.monotonic() > deadline:
                 break
             x, wb, one, U_one = _screen_chunk(head, place.split(ids), ddomain, key, all_candidates=all_candidates)
@@ -471,20 +532,24 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             record_certificate(ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
             done += valid
             reporter.update(name, done, todo.size)
+            if checkpoint is not None and checkpoint.due():
+                checkpoint.save(name, n + 1, todo, state)
         done = 0
     # Competitor sets (top-k logits at the best point) only for tokens still undecided:
     # a top-k over C for every token would cost more than the screen itself.
-    for ids, valid in _chunks(np.flatnonzero(verdict == 0), B):
+    started = begin("top", np.flatnonzero(verdict == 0))
+    for ids, valid in _chunks(started[0] if started else np.zeros(0, np.int64), B):
         if time.monotonic() > deadline:
             break
         record_witness(ids, valid, witness[ids], _top_chunk(head, place.split(ids), place.split(witness[ids], dtype), num_top=k),
                        "screen")
-    seconds["screen"] = time.monotonic() - t0
+    seconds["screen"] += time.monotonic() - t0
 
     # Stage 2: margin ascent.
     t0 = time.monotonic()
     lr = float(0.05 * np.max(extent))
-    todo = pending()
+    started = begin("ascent", pending())
+    todo = started[0] if started else np.zeros(0, np.int64)
     done = 0
     for ids, valid in _chunks(todo, hard_B):
         if time.monotonic() > deadline:
@@ -496,7 +561,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         record_certificate(ids, valid, support, weights, U_rig, "ascent")
         done += valid
         reporter.update("ascent", done, todo.size)
-    seconds["ascent"] = time.monotonic() - t0
+    seconds["ascent"] += time.monotonic() - t0
 
     # Stage 3: PDHG with row generation. Slots of a fixed-size batch are refilled as
     # tokens finish, so one slow token never holds up a whole chunk.
@@ -505,7 +570,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     tolerance = float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12))
     decisive = float(64 * (d + 4) * eps)
     omega_start = 1.0 / max(float(np.max(extent)), 1e-30)
-    queue = list(pending())
+    started = begin("pdhg", pending())
+    queue = [int(i) for i in started[0]] if started else []
     total = len(queue)
     # Without a bias and with 0 inside X, x = 0 shows m* >= 0: no float certificate can
     # exist, so the exact stage (if d allows it) takes over after a short PDHG run.
@@ -559,11 +625,14 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             still.append(i)
         active = still
         reporter.update("pdhg", finished, total)
-    seconds["pdhg"] = time.monotonic() - t0
+    seconds["pdhg"] += time.monotonic() - t0
+
+    pdhg_support.update({i: s[0] for i, s in state_of.items()})
 
     # Stage 4: exact rational LP for what floats cannot sign.
     t0 = time.monotonic()
-    todo = pending()
+    started = begin("rational", pending())
+    todo = started[0] if started else np.zeros(0, np.int64)
     if d <= settings.rational_max_dim:
         rational_deadline = min(deadline, time.monotonic() + settings.rational_seconds)
         # On R^d (and for the exact step on a ball) only g = 0 certificates are exact.
@@ -574,7 +643,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             # Heaviest certificate rows first: the exact stage tries them as a simplex.
             weights_i = cert_weights.get(int(i), np.zeros(0))
             candidates = [int(j) for j in np.asarray(cert_support.get(int(i), []))[np.argsort(-weights_i)]]
-            for j in list(state_of.get(int(i), ([],))[0]) + list(top.get(int(i), [])):
+            for j in list(pdhg_support.get(int(i), [])) + list(top.get(int(i), [])):
                 if j not in candidates and j != i:
                     candidates.append(int(j))
             candidates = candidates[: 2 * (d + 1) + 8]
@@ -596,7 +665,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         for i in np.flatnonzero(verdict == 0):
             if i in cert_support and i not in cert_rational:
                 upper[i] = np.inf
-    seconds["rational"] = time.monotonic() - t0
+    seconds["rational"] += time.monotonic() - t0
     return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 

@@ -17,7 +17,9 @@ stands for its ``model.safetensors``, ``model.safetensors.index.json`` or
   the mapped bytes and upcast (exactly) to float32 a block of rows at a time.
 * ``.msgpack`` Flax checkpoints (``flax.serialization``; plain data, no pickle) and, in
   Python, a Flax params pytree (:func:`head_from_flax`): a ``Dense`` kernel [d, C]
-  (transposed) with its bias, or a tied ``nn.Embed`` embedding [C, d].
+  (transposed) with its bias, or a tied ``nn.Embed`` embedding [C, d]. Leaves are named
+  by their ``/``-joined path without ``params/`` (``lm_head/kernel``); a safetensors-style
+  name (``lm_head.weight``) given as ``--weight`` means the same module.
 * ``.gguf`` (llama.cpp), through the optional ``gguf`` package
   (``pip install 'unargmax_jax[gguf]'``): tensors are dequantised with
   ``gguf.quants.dequantize`` a block of rows at a time. GGUF lists dimensions fastest
@@ -115,7 +117,9 @@ NORM_NAMES = (
     ("model/norm/weight", "model/norm/bias"),  # Flax trees (HF Flax Llama, GPT-2, BERT)
     ("model/norm/scale", "model/norm/bias"),
     ("transformer/ln_f/scale", "transformer/ln_f/bias"),
+    ("model/decoder/final_layer_norm/scale", "model/decoder/final_layer_norm/bias"),  # OPT
     ("cls/predictions/transform/LayerNorm/scale", "cls/predictions/transform/LayerNorm/bias"),
+    ("lm_head/layer_norm/scale", "lm_head/layer_norm/bias"),  # RoBERTa MLM
 )
 _LAYERNORM_HINTS = ("ln_f", "layer_norm", "layernorm")
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
@@ -279,6 +283,7 @@ class _Format:
     """Defaults shared by the formats: no transposed names, rows taken as they come."""
 
     noun = "tensor"
+    choose = "choose one with --weight NAME"
     bias_names: dict[str, tuple[str, ...]] = {}
     other_bias_names: tuple[str, ...] = ()
     transposed_names: tuple[str, ...] = ()
@@ -288,7 +293,10 @@ class _Format:
 
     def vocabulary(self) -> tuple[list | None, str | None]:
         """Token strings from the tokenizer files next to the weights."""
-        return vocab.read_vocabulary(self.path.parent)
+        try:
+            return vocab.read_vocabulary(self.path.parent)
+        except (MemoryError, RecursionError):  # absurd ids or nesting in a damaged tokenizer.json
+            return None, None
 
     def norm_eps(self) -> float | None:
         """The norm's epsilon from a ``config.json`` next to the weights."""
@@ -638,8 +646,23 @@ class _GgufFile(_Format):
 
 
 # Flax modules whose kernel/embedding is the head, most specific first; then tied embeddings.
-FLAX_HEAD_MODULES = ("lm_head", "head", "output", "logits", "classifier", "decoder")
-FLAX_EMBED_MODULES = ("embed_tokens", "wte", "word_embeddings", "token_embd", "embedding", "embed", "shared")
+# ``embed_out`` is GPT-NeoX's head; ``decoder`` is the untied MLM decoder of BERT/RoBERTa
+# (a tied one has no params of its own: HF applies it with the embedding's kernel).
+FLAX_HEAD_MODULES = ("lm_head", "head", "output", "logits", "classifier", "embed_out", "decoder")
+FLAX_EMBED_MODULES = ("embed_tokens", "wte", "embedding", "word_embeddings", "token_embd", "tok_embeddings",
+                      "embed", "shared")
+# Embedding tables of positions, token types or segments are never the vocabulary.
+_FLAX_NOT_VOCABULARY = ("pos", "wpe", "type", "segment")
+# Hugging Face Flax models keep some heads' biases outside the layer: Bart/Marian/Pegasus
+# add ``final_logits_bias`` (1, C) to any head; BERT's and RoBERTa's MLM heads tied to
+# ``word_embeddings`` have ``cls/predictions/bias`` and ``lm_head/bias``.
+FLAX_OTHER_BIAS_NAMES = ("final_logits_bias",)
+FLAX_TIED_BIAS_NAMES = ("cls/predictions/bias", "lm_head/bias")
+_TRANSPOSED_NOTE = " (transposed)"
+
+
+def _leaf_kind(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
 
 
 class _FlaxTree(_Format):
@@ -651,38 +674,95 @@ class _FlaxTree(_Format):
 
     noun = "array"
 
-    def __init__(self, params, path: Path):
-        from flax.core import unfreeze
+    def __init__(self, params, path: Path, *, from_file: bool = True):
+        from flax.core import meta, unfreeze
         from flax.traverse_util import flatten_dict
 
-        self.path = path
-        tree = unfreeze(params) if hasattr(params, "unfreeze") else params
+        self.path, self._from_file = path, from_file
+        if not from_file:
+            self.choose = "choose one with path=..."
+        tree = unfreeze(params)  # also FrozenDicts nested in plain dicts
         if not isinstance(tree, dict):
             raise HeadError(f"{path}: expected a Flax params tree (nested dicts of arrays), got {type(params).__name__}")
-        if set(tree) == {"params"} and isinstance(tree["params"], dict):
+        if isinstance(tree.get("params"), dict):  # the whole variables dict, maybe with other collections
             tree = tree["params"]
-        # Keys of a damaged or foreign file need not be strings: name leaves by str(key).
-        self._leaves = {"/".join(map(str, key)): value for key, value in flatten_dict(tree).items()
+        # Keys of a damaged or foreign file need not be strings: name leaves by str(key)
+        # (and unbox leaf by leaf: jax's tree functions cannot sort mixed keys).
+        leaves = {"/".join(map(str, key)): value.unbox() if isinstance(value, meta.AxisMetadata) else value
+                  for key, value in flatten_dict(tree).items()}
+        self._leaves = {name: value for name, value in leaves.items()
                         if isinstance(value, np.ndarray) or hasattr(value, "__array__") and hasattr(value, "shape")}
         self.entries = {name: _Entry(tuple(int(n) for n in value.shape), None) for name, value in self._leaves.items()}
-        heads = [n for n, e in self.entries.items() if _is_matrix(e.shape) and n.rsplit("/", 1)[-1] in ("kernel", "embedding")]
+        heads = [n for n, e in self.entries.items() if _is_matrix(e.shape) and _leaf_kind(n) in ("kernel", "embedding")]
         self.weight_names = tuple(sorted(heads, key=self._preference))
-        self.transposed_names = tuple(n for n in heads if n.endswith("/kernel"))
-        self.bias_names = {n: (n[: -len("kernel")] + "bias",) for n in self.transposed_names}
+        self.transposed_names = tuple(n for n in heads if _leaf_kind(n) == "kernel")
+        self.bias_names = {n: self._bias_candidates(n) for n in heads}
+
+    def _bias_candidates(self, name: str) -> tuple[str, ...]:
+        module = name[: -len(_leaf_kind(name))]  # "lm_head/" (or "" for a bare layer)
+        if _leaf_kind(name) == "kernel":
+            own = (module + "bias",)
+            if module.endswith("decoder/"):  # BERT/RoBERTa keep the decoder's bias one level up
+                own += (module[: -len("decoder/")] + "bias",)
+            return own + FLAX_OTHER_BIAS_NAMES
+        if name.endswith("embeddings/word_embeddings/embedding"):
+            tied = tuple(n for n in FLAX_TIED_BIAS_NAMES
+                         if not (n == "lm_head/bias" and "lm_head/kernel" in self.entries))
+            return tied + FLAX_OTHER_BIAS_NAMES
+        return FLAX_OTHER_BIAS_NAMES
 
     def _preference(self, name: str):
+        """Sort key: a head module name (``FLAX_HEAD_MODULES``, then ``*_lm_head``), an
+        embedding name (``FLAX_EMBED_MODULES``, then any ``*emb*`` table that is not of
+        positions or token types), then any other Dense kernel, then any other embedding;
+        more classes first within a rank."""
         modules = name.split("/")[:-1]
-        module = modules[-1] if modules else ""
-        for rank, wanted in enumerate(FLAX_HEAD_MODULES + FLAX_EMBED_MODULES):
-            if module == wanted or module.endswith("_" + wanted):
-                return (rank, 0, name)
-        # Otherwise the widest Dense kernel (most classes) last among the known names.
+        module = modules[-1].lower() if modules else ""
+        kernel = _leaf_kind(name) == "kernel"
         shape = self.entries[name].shape
-        classes = shape[1] if name.endswith("/kernel") else shape[0]
-        return (len(FLAX_HEAD_MODULES + FLAX_EMBED_MODULES), -classes, name)
+        classes = shape[1] if kernel else shape[0]
+        vocabulary_like = not any(word in module for word in _FLAX_NOT_VOCABULARY)
+        if module in FLAX_HEAD_MODULES:
+            rank = (0, FLAX_HEAD_MODULES.index(module))
+        elif module.endswith("_lm_head"):
+            rank = (1, 0)
+        elif module in FLAX_EMBED_MODULES and vocabulary_like:
+            rank = (2, FLAX_EMBED_MODULES.index(module))
+        elif not kernel and vocabulary_like and "emb" in module:
+            rank = (3, 0)
+        else:
+            rank = (4, 0) if kernel else (5, 0)
+        return (*rank, -classes, name)
 
     def read(self, name: str) -> np.ndarray:
         return np.asarray(self._leaves[name])
+
+    def vocabulary(self) -> tuple[list | None, str | None]:
+        return super().vocabulary() if self._from_file else (None, None)
+
+    def norm_eps(self) -> float | None:
+        return super().norm_eps() if self._from_file else None  # no config.json beside a pytree
+
+    def resolve(self, name: str | None, kinds: tuple[str, ...]) -> str | None:
+        """The leaf an explicit name means: a leaf, a module holding one of ``kinds``,
+        with or without ``params/`` and a ``(transposed)`` note, or a safetensors-style
+        name (``lm_head.weight`` is ``lm_head/kernel``)."""
+        if name is None:
+            return None
+        name = name.strip()
+        name = name[: -len(_TRANSPOSED_NOTE)] if name.endswith(_TRANSPOSED_NOTE) else name
+        name = name.strip("/")
+        spellings = [name]
+        if name.startswith("params/"):
+            spellings.append(name[len("params/"):])
+        if "." in name and "/" not in name:
+            dotted = name.replace(".", "/")
+            spellings.append(dotted.rsplit("/", 1)[0] if _leaf_kind(dotted) == "weight" else dotted)
+        for spelling in spellings:
+            for leaf in (spelling, *(f"{spelling}/{kind}" if spelling else kind for kind in kinds)):
+                if leaf in self.entries:
+                    return leaf
+        return name
 
 
 class _MsgpackFile(_FlaxTree):
@@ -705,14 +785,10 @@ class _MsgpackFile(_FlaxTree):
 
 def _flax_weight_name(source: _FlaxTree, path: str | None) -> str | None:
     """Resolve a module path (``lm_head``, ``params/model/embed_tokens``, ``lm_head/kernel``) to a leaf."""
-    if path is None:
-        return None
-    path = path.strip("/")
-    path = path[len("params/"):] if path.startswith("params/") else path
-    for leaf in (path, f"{path}/kernel", f"{path}/embedding"):
-        if leaf in source.entries:
-            return leaf
-    raise HeadError(f"{source.path}: no Dense kernel or Embed embedding at {path!r}; "
+    leaf = source.resolve(path, ("kernel", "embedding"))
+    if leaf is None or leaf in source.entries:
+        return leaf
+    raise HeadError(f"{source.path}: no Dense kernel or Embed embedding at {leaf!r}; "
                     f"2-D leaves: {_describe(source.entries, _is_matrix)}")
 
 
@@ -721,19 +797,31 @@ def head_from_flax(params, *, path: str | None = None, bias: bool = True) -> Hea
 
     Finds a ``Dense`` layer (``kernel`` [d, C], optional ``bias`` [C]; ``W = kernel.T``)
     or a tied ``nn.Embed`` (``embedding`` [C, d], used with ``attend``; no bias). Without
-    ``path`` the module named ``lm_head``, ``head``, ``output``, ``logits``,
-    ``classifier`` or ``decoder`` wins, then embedding-like names (``embed_tokens``,
-    ``wte``, ``word_embeddings``, ...), then the widest Dense kernel.
+    ``path``, a module named (in this order) ``lm_head``, ``head``, ``output``,
+    ``logits``, ``classifier``, ``embed_out`` or ``decoder`` wins, then embedding-like
+    names (``embed_tokens``, ``wte``, ``embedding``, ``word_embeddings``, ``token_embd``,
+    ...; never position or token-type tables), then the Dense kernel with the most
+    classes. Hugging Face Flax biases kept outside the layer (``final_logits_bias``,
+    ``cls/predictions/bias``) are used too.
+
+    .. math:: z = W x + b, \\quad W = \\text{kernel}^\\top \\text{ or } W = \\text{embedding}
 
     Args:
         params: ``variables["params"]`` or the whole variables dict (dicts or FrozenDict).
-        path: the module (``"lm_head"``, ``"model/embed_tokens"``) or leaf to use.
-        bias: use the Dense layer's bias when it has one.
+        path: the module (``"lm_head"``, ``"params/model/embed_tokens"``) or leaf to use.
+        bias: use the head's bias when it has one.
 
     Returns:
-        A :class:`Head`; ``weight_name`` is the leaf's path, ``source`` is None.
+        A :class:`Head`; ``weight_name`` is the leaf's path (``"lm_head/kernel"``, without
+        ``params/``: pass it back as ``path``), ``source`` is None. Tokens are None; the
+        final norm is found by the HF Flax names in ``NORM_NAMES`` (``eps`` None).
+
+    Raises:
+        HeadError: not a dict tree, no such module, no kernel or embedding at all (the
+            message lists the 2-D leaves and their shapes), or a head
+            :func:`validate_head` rejects.
     """
-    source = _FlaxTree(params, Path("<flax params>"))
+    source = _FlaxTree(params, Path("<flax params>"), from_file=False)
     weight = _flax_weight_name(source, path)
     head = _select(source, weight, None, not bias, with_tokens=False)
     return head._replace(source=None)
@@ -786,7 +874,7 @@ def _select(source: _ArrayFile, weight: str | None, bias: str | None, no_bias: b
         if weight is None:
             wanted = f"named {' or '.join(source.weight_names)}" if source.weight_names else "to use as the head"
             raise HeadError(f"{path}: no weight {noun} {wanted}; "
-                            f"2-D {noun}s in the file: {_describe(entries, _is_matrix)} (choose one with --weight NAME)")
+                            f"2-D {noun}s in the file: {_describe(entries, _is_matrix)} ({source.choose})")
     elif weight not in entries:
         raise HeadError(f"{path}: no {noun} named {weight!r}; 2-D {noun}s in the file: {_describe(entries, _is_matrix)}")
     if no_bias:
@@ -822,10 +910,15 @@ def _final_norm(source: _ArrayFile, d: int) -> FinalNorm | None:
     for gamma_name, beta_name in NORM_NAMES:
         if gamma_name not in source.entries:
             continue
+        # A (d,) vector (stored (1, d) by some converters); a matrix that happens to hold d
+        # values is not a norm.
+        if not all(source.entries[n].shape is not None and _is_vector(source.entries[n].shape)
+                   for n in (gamma_name, beta_name) if n in source.entries):
+            return None
         try:
             gamma = np.asarray(source.read(gamma_name), np.float64).reshape(-1)
             beta = np.asarray(source.read(beta_name), np.float64).reshape(-1) if beta_name in source.entries else None
-        except HeadError:
+        except (HeadError, TypeError, ValueError):  # e.g. a complex leaf in a Flax tree
             return None
         if gamma.shape != (d,) or (beta is not None and beta.shape != (d,)):
             return None
@@ -867,12 +960,13 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
 
     Args:
         path: a head file: ``.npz``, ``.safetensors``, ``.safetensors.index.json``
-            (sharded) or ``.gguf`` (needs the ``gguf`` extra); or a directory holding
-            ``model.safetensors``, ``model.safetensors.index.json`` or ``flax_model.msgpack`` (else a single head
-            file).
+            (sharded), ``.gguf`` (needs the ``gguf`` extra) or a Flax ``.msgpack``; or a
+            directory holding ``model.safetensors``, ``model.safetensors.index.json`` or
+            ``flax_model.msgpack`` (else a single head file).
         weight: name of W; default: the first of the format's names present (npz: ``W``,
             else ``decoder_Wemb``, stored d x C; safetensors: ``SAFETENSORS_WEIGHT_NAMES``;
-            gguf: ``output.weight``, else ``token_embd.weight``).
+            gguf: ``output.weight``, else ``token_embd.weight``; msgpack: as
+            :func:`head_from_flax`, which also takes a module path such as ``lm_head``).
         bias: name of b; default: the weight's own bias if present (npz ``b``, or
             ``decoder_ff_logit_out_b`` next to ``decoder_Wemb``; safetensors
             ``lm_head.bias``, ``cls.predictions.bias``, else ``final_logits_bias``; gguf
@@ -904,6 +998,7 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
     try:
         if isinstance(source, _FlaxTree):
             weight = _flax_weight_name(source, weight)
+            bias = source.resolve(bias, ("bias",))
         return _select(source, weight, bias, no_bias, tokens)
     finally:
         source.close()

@@ -16,8 +16,14 @@ from pathlib import Path
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
+_MAX_ID = 1 << 24  # no real vocabulary is larger; a damaged file's absurd id must not allocate gigabytes
+
+
 def _dense(pieces: dict[int, str]) -> list[str | None]:
     """Id -> string map as a list; ids the map does not cover are None."""
+    pieces = {i: piece for i, piece in pieces.items() if i < _MAX_ID}
+    if not pieces:
+        return []
     out: list[str | None] = [None] * (max(pieces) + 1)
     for i, piece in pieces.items():
         out[i] = piece
