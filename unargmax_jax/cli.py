@@ -202,7 +202,10 @@ def _run_check(args) -> int:
 
     print(_describe_head(head))
     if selected is not None:
-        print(f"checking {int(selected.sum())} of {selected.size} tokens (the rest are reported as skipped)")
+        from .selection import describe
+
+        print(describe(selected, ids=args.tokens, regex=args.tokens_regex, script=args.script)
+              + "; the rest are reported as skipped")
     report = _check_head(head, domain, args, selected, out=out)
     if args.ceiling:
         _add_ceilings(report, head, domain, args)
