@@ -196,3 +196,30 @@ def test_progress_bar_shows_after_its_delay(capsys):
     off = _Progress(False, delay=0.0)
     off.update("screen", 2, 4)
     assert capsys.readouterr().err == ""
+
+
+@given(st.integers(1, 50), st.integers(1, 9), st.integers(0, 7))
+@settings(deadline=None, max_examples=30)
+def test_aligned_copies_only_when_needed(rows, cols, shift):
+    from unargmax_jax.heads import aligned
+
+    base = np.arange(rows * cols + 8, dtype=np.float32)
+    arr = base[shift:shift + rows * cols].reshape(rows, cols)
+    out = aligned(arr)
+    np.testing.assert_array_equal(out, arr)
+    assert out.ctypes.data % 64 == 0 and out.flags.c_contiguous
+    assert aligned(out) is out
+
+
+def test_an_aligned_head_is_not_copied_to_the_cpu_device():
+    import jax
+
+    from unargmax_jax.engine import _on_device
+    from unargmax_jax.heads import aligned
+
+    if jax.devices()[0].platform != "cpu":
+        pytest.skip("host aliasing is a CPU property")
+    W = aligned(np.ones((64, 8), np.float32))
+    device = _on_device(W, np.float32)
+    W[3, 2] = 5.0  # visible through the device array: it is the same memory
+    assert float(device[3, 2]) == 5.0

@@ -139,6 +139,14 @@ def _device_dtype():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
+def _on_device(W: np.ndarray, dtype) -> jax.Array:
+    """W on the default device; on CPU an aligned array of the right dtype is used in
+    place (``may_alias``), so a large head is not held twice."""
+    if W.dtype == np.dtype(dtype) and W.flags.c_contiguous and W.ctypes.data % 64 == 0:
+        return jax.device_put(W, may_alias=True)
+    return jnp.asarray(W, dtype)
+
+
 def _domain_on_device(domain: dom.Domain, dtype) -> dom.Domain:
     """The domain in the working dtype, rounded inwards so that every point the solver
     projects onto it lies in the user's (float64) domain; certificates absorb the
@@ -318,7 +326,7 @@ def check(
         A :class:`~unargmax_jax.report.Report` with a verdict, proved bounds and evidence
         for every token.
     """
-    from .heads import validate_head
+    from .heads import aligned, validate_head
 
     start = time.monotonic()
     W_np, b_np = validate_head(W, b)
@@ -352,7 +360,7 @@ def check(
         wanted = selected & ~tied
     else:
         # ties="first": the lowest id of a group can win, against every row but its twins.
-        W_solve, b_solve = W_np[representative], None if b_np is None else b_np[representative]
+        W_solve, b_solve = aligned(W_np[representative]), None if b_np is None else b_np[representative]
         state_row, state_token = inverse, representative
         wanted = np.zeros(n_unique, bool)
         wanted[inverse[selected]] = True
@@ -428,8 +436,9 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
 
     place = _Placement(settings.shard)
     mean, precision = screen.whitening(W)
-    head = _Head(jnp.asarray(W, dtype), jnp.asarray(np.zeros(U) if b is None else b, dtype),
-                 jnp.linalg.norm(jnp.asarray(W, dtype), axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
+    W_device = _on_device(W, dtype)
+    head = _Head(W_device, jnp.asarray(np.zeros(U) if b is None else b, dtype),
+                 jnp.linalg.norm(W_device, axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
     head = place.replicate(head)
     ddomain = place.replicate(_domain_on_device(domain, dtype))
     k = settings.competitors or max(32, 2 * (d + 1))

@@ -201,6 +201,20 @@ def _as_float(arr: np.ndarray, what: str, prefix: str) -> np.ndarray:
     raise HeadTypeError(f"{prefix}expected real floating-point or integer {what}, got dtype {dtype}{hint}")
 
 
+_ALIGNMENT = 64  # XLA:CPU uses a host buffer in place (no device copy) only at this alignment
+
+
+def aligned(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a C-contiguous array whose data starts on a 64-byte boundary (a copy only if needed)."""
+    if arr.flags.c_contiguous and arr.ctypes.data % _ALIGNMENT == 0:
+        return arr
+    raw = np.empty(arr.nbytes + _ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGNMENT
+    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
+
+
 def _as_array(value, what: str, prefix: str) -> np.ndarray:
     try:
         return np.asarray(value)
@@ -221,7 +235,8 @@ def validate_head(W, b=None, *, where: str = "") -> tuple[np.ndarray, np.ndarray
         where: prefix for messages, e.g. the file and array names.
 
     Returns:
-        ``(W, b)`` as C-contiguous float32/float64 arrays (``b`` None if not given).
+        ``(W, b)`` as C-contiguous float32/float64 arrays (``b`` None if not given); W
+        starts on a 64-byte boundary (copied there if it did not).
 
     Raises:
         HeadTypeError: a dtype that is not real numbers (also a ``TypeError``).
@@ -239,6 +254,7 @@ def validate_head(W, b=None, *, where: str = "") -> tuple[np.ndarray, np.ndarray
         r, c = (int(v) for v in bad[0])
         raise HeadError(f"{prefix}expected finite weights, got {W[r, c]} at (row {r}, column {c})"
                         f"{f' and {len(bad) - 1} more non-finite entries' if len(bad) > 1 else ''}")
+    W = aligned(W)  # so the engine can hand it to XLA without a copy
     if b is None:
         return W, None
     b = _as_array(b, "bias", prefix)
