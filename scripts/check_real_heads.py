@@ -62,7 +62,8 @@ def run_one(path: str, out: str, max_seconds: float | None) -> dict:
     start = time.monotonic()
     head = load_head(path)
     loaded = time.monotonic() - start
-    args = argparse.Namespace(ties="strict", seed=0, chunk_size=128, max_seconds=max_seconds, quiet=True)
+    args = argparse.Namespace(ties="strict", seed=0, chunk_size=128, max_seconds=max_seconds, quiet=True,
+                              checkpoint_seconds=30.0)
     report = _check_head(head, Box(-100.0, 100.0), args)
     checked = time.monotonic() - start - loaded
     report.save(out)
