@@ -16,6 +16,13 @@ else a seeded synthetic head of that shape with planted unargmaxable tokens.
    the vacuous constraint 0 <= 0 and calls tied tokens argmaxable; the script counts
    where its verdicts differ from ours.
 3. Peak RSS of this process next to the head's float32 size.
+4. ``--scaling``: the same check of a smaller seeded head on 1, 2, 4 and 8 forced host
+   devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, one subprocess
+   each): verdicts must agree; the throughput shows the sharding's overhead (forced host
+   devices share the same cores, so no speed-up is expected on CPU).
+5. A projection, not a measurement, for a 128256 x 4096 head (Llama 3 8B) on one GPU:
+   the all-pairs product's FLOPs at the GPU's float32 peak, times the ratio of our check
+   to the all-pairs product measured here.
 """
 
 from __future__ import annotations
@@ -113,6 +120,51 @@ def _published_one(args):
     return i, result.status == 0, how, time.perf_counter() - start
 
 
+SCALING_PROBE = r"""
+import json, os, sys, time
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+import numpy as np, jax, unargmax_jax as ua
+sys.path.insert(0, sys.argv[2])
+from bench import synthetic_head
+W, b, _ = synthetic_head(8192, 128, seed=3)
+ua.check(W[:512], b[:512])  # compile the small shapes first
+start = time.perf_counter()
+report = ua.check(W, b)
+print(json.dumps({"devices": jax.device_count(), "seconds": time.perf_counter() - start,
+                  "verdict": report.verdict.tolist()}))
+"""
+
+
+def scaling() -> None:
+    import os
+    import subprocess
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    print("device scaling (synthetic 8192 x 128, forced host devices sharing this machine's cores):")
+    first = None
+    for devices in (1, 2, 4, 8):
+        done = subprocess.run([sys.executable, "-c", SCALING_PROBE, str(devices), str(Path(__file__).parent)],
+                              capture_output=True, text=True, env=env)
+        if done.returncode:
+            print(f"  {devices} device(s): failed\n{done.stderr[-1500:]}")
+            continue
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        first = first or result
+        same = result["verdict"] == first["verdict"]
+        print(f"  {result['devices']} device(s): {len(result['verdict']) / result['seconds']:8.0f} tokens/s, "
+              f"verdicts {'identical to' if same else 'DIFFERENT from'} 1 device")
+
+
+def gpu_projection(ours: float, floor: float, C: int, d: int) -> None:
+    big_C, big_d, peak = 128256, 4096, 19.5e12  # A100 float32 (non-tensor-core) peak FLOP/s
+    flops = 2.0 * big_C * big_C * big_d
+    product = flops / peak
+    print(f"projection (not measured): a {big_C} x {big_d} head on one A100 at its float32 peak "
+          f"({peak / 1e12:.1f} TFLOP/s): all-pairs product {product:.0f} s; with the check/product ratio "
+          f"measured here ({ours / floor:.2f}x) the whole check would take about {product * ours / floor:.0f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, default=12, help="random tokens timed with the published method")
@@ -120,6 +172,8 @@ def main() -> int:
     parser.add_argument("--lp-seconds", type=float, default=600.0, help="HiGHS time limit per LP")
     parser.add_argument("--ties", type=int, default=4, help="tied tokens timed with the published method, at most")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scaling", action="store_true", help="also time 1, 2, 4, 8 forced host devices")
+    parser.add_argument("--skip-published", action="store_true", help="leave out the published method")
     args = parser.parse_args()
 
     import jax
@@ -144,6 +198,11 @@ def main() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS {peak:.0f} MB; head {W.nbytes / 2**20:.0f} MB as float32 ({peak / (W.nbytes / 2**20):.1f}x)")
     assert verify(report, W, b).ok
+    gpu_projection(ours, floor, C, d)
+    if args.scaling:
+        scaling()
+    if args.skip_published:
+        return 0
 
     rng = np.random.default_rng(args.seed)
     ties = np.flatnonzero(report.stage == "tie")
