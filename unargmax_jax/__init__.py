@@ -2,7 +2,7 @@
 
 Public API::
 
-    from unargmax_jax import check, verify, load_head, head_from_flax, Box, Ball, Free, Report
+    from unargmax_jax import check, verify, load_head, head_from_flax, Box, Ball, Free, NormOutput, Report
     from unargmax_jax import ArgmaxableDense, Monitor
 """
 
@@ -10,6 +10,7 @@ from ._version import __version__ as __version__
 from .domains import Ball as Ball
 from .domains import Box as Box
 from .domains import Free as Free
+from .domains import NormOutput as NormOutput
 from .engine import check as check
 from .heads import head_from_flax as head_from_flax
 from .heads import load_head as load_head

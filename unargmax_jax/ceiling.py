@@ -120,7 +120,8 @@ def ceilings(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, tokens=N
 
     Args:
         W, b: the head (C x d, optional bias).
-        domain: a Box or Ball (on all of R^d the ceiling is 1 for every argmaxable token).
+        domain: a Box, Ball or NormOutput (on all of R^d the ceiling is 1 for every argmaxable
+            token); for NormOutput the points are the norm's n.
         tokens: ids to bound (default all). Each costs ``steps`` passes over all C rows.
         steps: projected Adam steps per token.
         chunk_size: tokens per batch.
@@ -135,6 +136,8 @@ def ceilings(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, tokens=N
     W_np, b_np = validate_head(W, b)
     C, d = W_np.shape
     domain = dom.validate(domain, d)
+    if isinstance(domain, dom.NormOutput):  # points are then the norm's n (see domains.norm_head)
+        W_np, b_np, domain, _ = dom.norm_head(W_np, b_np, domain)
     if isinstance(domain, dom.Free):
         raise ValueError("ceilings need a bounded domain (Box or Ball); on R^d they are 1 for every argmaxable token")
     ids = np.arange(C) if tokens is None else np.asarray(tokens, np.int64).reshape(-1)

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", default="box:100",
-                        help="box:R | box:LO,HI | ball:R | free (default box:100, i.e. [-100, 100]^d)")
+                        help="box:R | box:LO,HI | ball:R | free | layernorm | rmsnorm (default box:100, i.e. "
+                             "[-100, 100]^d); layernorm/rmsnorm: every output gamma * n + beta of the checkpoint's "
+                             "final norm")
     parser.add_argument("--ties", choices=["strict", "first"], default="strict",
                         help="strict: exact duplicates are unargmaxable; first: lowest index wins a tie")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for random starting points (default 0)")
@@ -177,6 +179,22 @@ def _add_ceilings(report, head, domain, args) -> None:
     report.add_ceilings(ceilings(head.W, head.b, domain, tokens=ids, steps=args.ceiling_steps, starts=starts))
 
 
+def _norm_domain(head, kind: str):
+    """``--domain layernorm|rmsnorm``: the outputs of the checkpoint's final norm."""
+    from .heads import NORM_NAMES
+
+    if head.norm is None:
+        raise UsageError(f"--domain {kind} needs the final norm's scale (and shift) from the checkpoint, but "
+                         f"{head.source} has none under the known names (for example "
+                         f"{', '.join(str(n[0]) for n in NORM_NAMES[:3])})")
+    d = head.W.shape[1]
+    if np.shape(head.norm.gamma) not in ((), (d,)):
+        raise UsageError(f"{head.source}: final norm {head.norm.names[0]} has shape {np.shape(head.norm.gamma)}, "
+                         f"expected ({d},) to match the head")
+    beta = 0.0 if head.norm.beta is None else head.norm.beta
+    return dom.NormOutput(kind, head.norm.gamma, beta)
+
+
 def _box_limits(domain):
     return np.asarray(domain.lo, np.float64), np.asarray(domain.hi, np.float64)
 
@@ -188,10 +206,12 @@ def _run_check(args) -> int:
     # Every input problem surfaces here, before any work and before anything is written.
     try:
         _check_options(args)
-        domain = dom.parse(args.domain)
+        norm_kind = args.domain.strip().lower()
+        domain = None if norm_kind in dom.NORM_KINDS else dom.parse(args.domain)
         out = _prepare_out_dir(args.out)
         head = load_head(example_head_path() if args.example else args.head,
                          weight=args.weight, bias=args.bias, no_bias=args.no_bias)
+        domain = _norm_domain(head, norm_kind) if domain is None else domain
         dom.validate(domain, head.W.shape[1])
         selected = _selection(args, head)
         if args.ceiling and isinstance(domain, dom.Free):

@@ -10,6 +10,9 @@ and ``vmap``) with three operations used by the solver:
 ``Free`` is all of R^d; the engine resolves it to a bounded stand-in (see
 ``resolve_free``) because, without a bias, every argmax region is a cone and the verdict
 on any ball around 0 equals the verdict on R^d.
+
+``NormOutput`` is what a final LayerNorm/RMSNorm can output; the engine solves it as a
+ball in the normalised coordinates n (see ``norm_head``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,23 @@ class Free(NamedTuple):
     """All of R^d: only the sign of the margin is meaningful."""
 
 
-Domain = Union[Box, Ball, Free]
+class NormOutput(NamedTuple):
+    r"""The outputs of a final LayerNorm or RMSNorm: :math:`x = \gamma \odot n + \beta`.
+
+    RMSNorm gives every n with :math:`\|n\|_2 < \sqrt d` (the norm's epsilon keeps it
+    below, and every smaller radius is reached by scaling the input); LayerNorm gives the
+    same n restricted to :math:`\mathbf 1^T n = 0`. ``kind`` is ``"layernorm"`` or
+    ``"rmsnorm"``; ``gamma`` and ``beta`` are scalars or ``(d,)`` arrays.
+    """
+
+    kind: str = "rmsnorm"
+    gamma: object = 1.0
+    beta: object = 0.0
+
+
+NORM_KINDS = ("layernorm", "rmsnorm")
+
+Domain = Union[Box, Ball, Free, NormOutput]
 
 
 def _check_finite(name: str, value) -> np.ndarray:
@@ -76,7 +95,60 @@ def validate(domain: Domain, dim: int) -> Domain:
         return Ball(np.broadcast_to(center, (dim,)).copy(), np.float64(radius))
     if isinstance(domain, Free):
         return domain
-    raise TypeError(f"domain must be Box, Ball or Free, got {type(domain).__name__}")
+    if isinstance(domain, NormOutput):
+        if domain.kind not in NORM_KINDS:
+            raise ValueError(f"NormOutput.kind must be one of {NORM_KINDS}, got {domain.kind!r}")
+        params = []
+        for name in ("gamma", "beta"):
+            arr = _check_finite(name, getattr(domain, name))
+            if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != dim):
+                raise ValueError(f"NormOutput.{name} must be a scalar or have shape ({dim},), got shape {arr.shape}")
+            params.append(np.broadcast_to(arr, (dim,)).copy())
+        return NormOutput(domain.kind, *params)
+    raise TypeError(f"domain must be Box, Ball, Free or NormOutput, got {type(domain).__name__}")
+
+
+def norm_head(W: np.ndarray, b: np.ndarray | None, domain: NormOutput, *, block: int = 4096):
+    r"""The head in the norm's coordinates n, and the ball n ranges over.
+
+    With :math:`x = \gamma \odot n + \beta`, :math:`Wx + b = W'n + b'` for
+    :math:`W' = W\,\mathrm{diag}(\gamma)` and :math:`b' = b + W\beta`. For LayerNorm the
+    rows of W' are also centred: then :math:`W'n = W'Pn` with P the centring projector,
+    so the verdicts on the ball :math:`\|n\|_2 \le \sqrt d` equal those on its centred
+    disc, and a witness m stands for the normalised vector :math:`Pm`. The open ball the
+    norm reaches and the closed one have the same verdicts (a strict margin survives a
+    small shrink), so the engine solves the closed ball.
+
+    Computed in float64 row blocks. An RMSNorm without shift gives W' exactly: stored in
+    float64 when W is float32 (a float32 product fits), in W's dtype when every gamma is a
+    power of two. Otherwise the centring and :math:`W\beta` round at about
+    :math:`10^{-16}` relative, far below the rounding pads of every float verdict, and W'
+    is stored in W's dtype; exact (rational) certificates then do not apply.
+
+    Args:
+        W, b: the head as stored; ``domain``: a validated :class:`NormOutput`.
+
+    Returns:
+        ``(W', b', Ball(0, sqrt(d)), exact)``; ``b'`` is None when b is None and beta is
+        0; ``exact`` tells whether W' and b' are the exact transformed head.
+    """
+    C, d = W.shape
+    gamma = np.asarray(domain.gamma, np.float64)
+    beta = np.asarray(domain.beta, np.float64)
+    power_of_two = bool(np.all(np.frexp(np.abs(gamma))[0] == 0.5))
+    narrow = W.dtype == np.float32 and bool(np.all(gamma.astype(np.float32) == gamma))
+    exact = domain.kind == "rmsnorm" and not np.any(beta) and (power_of_two or narrow)
+    out = np.empty(W.shape, np.float64 if exact and not power_of_two else W.dtype)
+    bias = None if b is None and not np.any(beta) else np.zeros(C)
+    for start in range(0, C, block):
+        rows = np.asarray(W[start:start + block], np.float64)
+        scaled = rows * gamma
+        if domain.kind == "layernorm":
+            scaled -= scaled.mean(axis=1, keepdims=True)
+        out[start:start + block] = scaled
+        if bias is not None:
+            bias[start:start + block] = rows @ beta + (0.0 if b is None else np.asarray(b[start:start + block], np.float64))
+    return out, bias, Ball(np.zeros(d), np.float64(np.sqrt(d))), exact
 
 
 def resolve_free(has_bias: bool, dim: int, free_box_radius: float) -> Domain:
@@ -137,6 +209,8 @@ def to_json(domain: Domain) -> dict:
         return {"kind": "ball", "center": compact(domain.center), "radius": float(domain.radius)}
     if isinstance(domain, Free):
         return {"kind": "free"}
+    if isinstance(domain, NormOutput):
+        return {"kind": domain.kind, "gamma": compact(domain.gamma), "beta": compact(domain.beta)}
     raise TypeError(f"unknown domain {type(domain).__name__}")
 
 
@@ -149,7 +223,9 @@ def from_json(data: dict) -> Domain:
         return Ball(data["center"], data["radius"])
     if kind == "free":
         return Free()
-    raise ValueError(f"unknown domain description {data!r}; expected kind box, ball or free")
+    if kind in NORM_KINDS:
+        return NormOutput(kind, data["gamma"], data["beta"])
+    raise ValueError(f"unknown domain description {data!r}; expected kind box, ball, free, layernorm or rmsnorm")
 
 
 def parse(spec: str) -> Domain:

@@ -333,8 +333,8 @@ def check(
 
     start = time.monotonic()
     W_np, b_np = validate_head(W, b)
-    if not isinstance(domain, (dom.Box, dom.Ball, dom.Free)):
-        raise TypeError(f"domain must be Box, Ball or Free, got {type(domain).__name__}")
+    if not isinstance(domain, (dom.Box, dom.Ball, dom.Free, dom.NormOutput)):
+        raise TypeError(f"domain must be Box, Ball, Free or NormOutput, got {type(domain).__name__}")
     if ties not in ("strict", "first"):
         raise ValueError(f"ties must be 'strict' or 'first', got {ties!r}")
     unknown = set(options) - set(Settings._fields)
@@ -345,7 +345,19 @@ def check(
     settings = Settings(ties=ties, seed=seed, chunk_size=chunk_size, max_seconds=max_seconds, **options)
     C, d = W_np.shape
     user_domain = dom.validate(domain, d)
-    solve_domain = dom.resolve_free(b_np is not None, d, settings.free_box_radius) if isinstance(user_domain, dom.Free) else user_domain
+    stored = W_np, b_np  # the report and any checkpoint name the head as stored
+    if isinstance(user_domain, dom.NormOutput):
+        # Solved in the norm's coordinates n: a ball, and the witnesses are points n.
+        W_np, b_np, solve_domain, exact = dom.norm_head(W_np, b_np, user_domain)
+        W_np = aligned(W_np)
+        if not exact:
+            # A rounded transformed head: an exact certificate of its margin being 0 would
+            # not be one for the norm's real outputs, so such tokens stay undecided.
+            settings = settings._replace(rational_max_dim=0)
+    elif isinstance(user_domain, dom.Free):
+        solve_domain = dom.resolve_free(b_np is not None, d, settings.free_box_radius)
+    else:
+        solve_domain = user_domain
     deadline = start + max_seconds if max_seconds is not None else float("inf")
     reporter = _Progress(progress)
 
@@ -373,16 +385,17 @@ def check(
         from .resume import Checkpoint
 
         identity = hashlib.sha256()
-        identity.update(head_sha256(W_np, b_np).encode())
+        identity.update(head_sha256(*stored).encode())
         run_settings = {k: v for k, v in settings._asdict().items() if k not in ("max_seconds", "checkpoint_seconds")}
-        identity.update(json.dumps([run_settings, dom.to_json(solve_domain)], sort_keys=True, default=str).encode())
+        identity.update(json.dumps([run_settings, dom.to_json(user_domain), dom.to_json(solve_domain)], sort_keys=True,
+                                   default=str).encode())
         identity.update(np.packbits(wanted).tobytes())
         saver = Checkpoint(checkpoint, identity.hexdigest(), every=settings.checkpoint_seconds)
     state = _solve_unique(W_solve, b_solve, solve_domain, settings, deadline, reporter, wanted,
                           require_exact_certificates=isinstance(user_domain, dom.Free), checkpoint=saver)
     reporter.close()
 
-    report = _assemble(W_np, b_np, user_domain, solve_domain, settings, state_row, state_token, inverse, state,
+    report = _assemble(*stored, user_domain, solve_domain, settings, state_row, state_token, inverse, state,
                        selected)
     report.seconds = time.monotonic() - start
     report.stage_seconds = state["seconds"]
@@ -391,6 +404,10 @@ def check(
     if isinstance(user_domain, dom.Free):
         report.notes.append("domain is all of R^d: only verdicts are meaningful; margins are on "
                             f"{dom.to_json(solve_domain)} (solved_on)")
+    if isinstance(user_domain, dom.NormOutput):
+        centred = " after centring (Pn)" if user_domain.kind == "layernorm" else ""
+        report.notes.append(f"{user_domain.kind} output domain: solved on ||n|| <= sqrt(d) in the norm's coordinates; "
+                            f"each witness is n{centred}, the feature vector is gamma * n + beta")
     return report
 
 
@@ -765,5 +782,5 @@ def _assemble(W, b, user_domain, solve_domain, settings, state_row, state_token,
         certificate_weights=np.asarray(weights, np.float64),
         certificate_rational=np.asarray(rational_w, dtype=np.str_),
         settings={k: v for k, v in settings._asdict().items()},
-        solved_on=dom.to_json(solve_domain) if isinstance(user_domain, dom.Free) else None,
+        solved_on=dom.to_json(solve_domain) if isinstance(user_domain, (dom.Free, dom.NormOutput)) else None,
     )

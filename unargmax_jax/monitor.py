@@ -99,6 +99,9 @@ def warm_check(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, previo
                          f"got weights {previous_W.shape} and {previous.verdict.shape[0]} tokens")
     if (b is None) != (previous_b is None):
         raise ValueError("previous_b must be given exactly when b is")
+    if isinstance(domain, dom.NormOutput):
+        raise TypeError("warm starts need a Box, Ball or Free domain (a NormOutput's evidence lives in the norm's "
+                        "coordinates, which change with gamma); use check() for NormOutput")
     if dom.to_json(previous.domain) != dom.to_json(domain) or previous.head["sha256"] != head_sha256(previous_W, previous_b):
         raise ValueError("previous report is for another domain or other weights than previous_W/previous_b")
     if np.any(previous.verdict == 2):
@@ -177,6 +180,8 @@ class Monitor:
     def __init__(self, domain: dom.Domain = dom.Box(-100.0, 100.0), *, every: int = 100, **options):
         if every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every}")
+        if isinstance(domain, dom.NormOutput):
+            raise TypeError("Monitor needs a Box, Ball or Free domain; NormOutput evidence cannot be warm-started")
         self.domain, self.every, self.options = domain, every, options
         self.report: Report | None = None
         self._weights = None

@@ -72,6 +72,21 @@ def _in_domain(domain, x: np.ndarray) -> bool:
     return exact <= Fraction(radius) ** 2
 
 
+def _norm_coordinates(W: np.ndarray, b: np.ndarray | None, domain):
+    """A norm-output domain as a ball: logits gamma-scaled rows times n, plus b + W beta.
+
+    For LayerNorm n is centred, and centring the rows makes every point of the ball act
+    as its centred part (so the ball's verdicts are the centred disc's).
+    """
+    gamma = np.asarray(domain.gamma, np.float64)
+    beta = np.asarray(domain.beta, np.float64)
+    scaled = W * gamma[None, :]
+    if domain.kind == "layernorm":
+        scaled = scaled - np.mean(scaled, axis=1)[:, None]
+    shift = None if b is None and not np.any(beta) else (W @ beta if b is None else b + W @ beta)
+    return scaled, shift, dom.Ball(np.zeros(W.shape[1]), np.float64(np.sqrt(W.shape[1])))
+
+
 def _twin_groups(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     rows = np.asarray(W, np.float64) + 0.0
     if b is not None:
@@ -99,8 +114,10 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
         reasons[-1] = "sha256 of the weights differs from the report's: not the same head"
         return VerifyResult(False, np.arange(C), reasons, 0)
     d = W.shape[1]
-    bias = np.zeros(C) if b is None else b
     domain = dom.validate(report.domain, d)
+    if isinstance(domain, dom.NormOutput):
+        W, b, domain = _norm_coordinates(W, b, domain)
+    bias = np.zeros(C) if b is None else b
     first_wins_ties = report.settings.get("ties", "strict") == "first"
     groups = _twin_groups(W, b)
 
