@@ -214,6 +214,20 @@ def to_json(domain: Domain) -> dict:
     raise TypeError(f"unknown domain {type(domain).__name__}")
 
 
+def describe(domain: Domain) -> str:
+    """A one-line description for people: the JSON form, with a norm's parameters summarised."""
+    import json
+
+    if isinstance(domain, NormOutput):
+        parts = []
+        for name in ("gamma", "beta"):
+            arr = np.atleast_1d(np.asarray(getattr(domain, name), np.float64))
+            parts.append(f"{name} {arr[0]:g}" if np.all(arr == arr[0])
+                         else f"{name} {arr.size} values in [{arr.min():.4g}, {arr.max():.4g}]")
+        return f"{domain.kind} output gamma * n + beta, ||n|| < sqrt(d) ({'; '.join(parts)})"
+    return json.dumps(to_json(domain))
+
+
 def from_json(data: dict) -> Domain:
     """Inverse of :func:`to_json` (parameters not yet broadcast; call :func:`validate`)."""
     kind = data.get("kind") if isinstance(data, dict) else None

@@ -76,7 +76,7 @@ def summary_markdown(report, *, closest: int = 20, plotted: bool = True) -> str:
         "",
         f"* model: `{model}`" + (f" ({names})" if names else ""),
         f"* head: {head['classes']} classes x {head['dim']} features, {'with' if head['has_bias'] else 'no'} bias",
-        f"* domain: `{json.dumps(dom.to_json(report.domain))}`"
+        f"* domain: `{dom.describe(report.domain)}`"
         + (f" (margins on `{json.dumps(report.solved_on)}`)" if report.solved_on else ""),
     ]
     if head.get("tokens_source"):
@@ -177,7 +177,7 @@ def margins_png(report, *, bins: int = 60) -> bytes | None:
     ax.set_xlabel("proved bound on the argmax margin m*")
     ax.set_ylabel("tokens")
     head = report.head
-    ax.set_title(f"{head['classes']} x {head['dim']} head, domain {json.dumps(dom.to_json(report.domain))}",
+    ax.set_title(f"{head['classes']} x {head['dim']} head, domain {dom.describe(report.domain)}",
                  fontsize=10)
     ax.legend(loc="upper left", fontsize=9)
     figure.tight_layout()

@@ -148,7 +148,7 @@ class Report:
         lines = [
             f"head: {head['classes']} classes x {head['dim']} features, "
             f"{'with' if head['has_bias'] else 'no'} bias",
-            f"domain: {json.dumps(dom.to_json(self.domain))}",
+            f"domain: {dom.describe(self.domain)}",
             f"  argmaxable    {counts['argmaxable']:>9}",
             f"  unargmaxable  {counts['unargmaxable']:>9}",
             f"  undecided     {counts['undecided']:>9}",
