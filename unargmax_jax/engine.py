@@ -28,6 +28,7 @@ import numpy as np
 
 from . import ascent as ascent_mod
 from . import bounds, pdhg, rational, screen
+from ._memory import return_freed_memory
 from . import domains as dom
 from .report import Report, head_sha256
 
@@ -560,6 +561,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                 x, wb = _braid_chunk(head, place.split(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
             record_witness(ids, valid, x, wb, "screen")
             record_certificate(ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
+            return_freed_memory()  # else glibc's arenas keep every freed (batch x C) block
             done += valid
             reporter.update(name, done, todo.size)
             if checkpoint is not None and checkpoint.due():
@@ -568,11 +570,16 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     # Competitor sets (top-k logits at the best point) only for tokens still undecided:
     # a top-k over C for every token would cost more than the screen itself.
     started = begin("top", np.flatnonzero(verdict == 0))
-    for ids, valid in _chunks(started[0] if started else np.zeros(0, np.int64), B):
+    todo = started[0] if started else np.zeros(0, np.int64)
+    # Usually few tokens get here: a batch no larger than needed (a power of two, so few
+    # compiled shapes) keeps top_k's (batch x C) buffers small.
+    top_B = place.batch(int(min(B, 1 << max(3, int(todo.size - 1).bit_length()))))
+    for ids, valid in _chunks(todo, top_B):
         if time.monotonic() > deadline:
             break
         record_witness(ids, valid, witness[ids], _top_chunk(head, place.split(ids), place.split(witness[ids], dtype), num_top=k),
                        "screen")
+        return_freed_memory()
     seconds["screen"] += time.monotonic() - t0
 
     # Stage 2: margin ascent.
@@ -589,6 +596,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                                               ddomain, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
         record_witness(ids, valid, x, wb, "ascent")
         record_certificate(ids, valid, support, weights, U_rig, "ascent")
+        return_freed_memory()
         done += valid
         reporter.update("ascent", done, todo.size)
     seconds["ascent"] += time.monotonic() - t0
@@ -632,6 +640,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             adaptive_step=settings.pdhg_adaptive_step)
         record_witness(ids, valid, result.x, wb, "pdhg")
         record_certificate(ids, valid, support, weights, U_rig, "pdhg")
+        return_freed_memory()
         lam = np.asarray(result.lam, np.float64)
         status = np.asarray(result.status)
         omega = np.asarray(result.omega, np.float64)

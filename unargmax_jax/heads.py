@@ -73,6 +73,7 @@ import ml_dtypes
 import numpy as np
 
 from . import vocab
+from ._memory import return_freed_memory
 
 DEFAULT_WEIGHT_NAMES = ("W", "decoder_Wemb")
 DEFAULT_BIAS_NAMES = {"W": ("b",), "decoder_Wemb": ("b", "decoder_ff_logit_out_b")}
@@ -580,16 +581,6 @@ _GGUF_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError,
 _GGUF_UNQUANTISED = ("F64", "I8", "I16", "I32", "I64")  # typed arrays already; gguf only converts floats
 
 
-def _return_freed_memory() -> None:
-    """Ask glibc to return freed heap pages to the OS (a no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class _GgufFile(_Format):
     """A llama.cpp ``.gguf`` file, through the optional ``gguf`` package (memory-mapped)."""
 
@@ -667,7 +658,7 @@ class _GgufFile(_Format):
         # freed heap back to the OS so the check that follows does not carry it.
         self._reader = self._tensors = None
         gc.collect()
-        _return_freed_memory()
+        return_freed_memory()
 
     def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
         """A head has one row per token of ``tokenizer.ggml.tokens``, when the file lists them."""

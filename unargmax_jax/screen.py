@@ -22,7 +22,7 @@ from . import bounds
 from . import domains as dom
 
 
-def whitening(W, *, block: int = 8192, ridge: float = 1e-3):
+def whitening(W, *, block: int = 2048, ridge: float = 1e-3):
     """Row mean and regularised inverse row covariance of W, in float64 on the host.
 
     :math:`P = (\\Sigma + \\rho\\,\\mathrm{tr}(\\Sigma)/d\\,I)^{-1}`; the ridge keeps P finite
