@@ -376,3 +376,27 @@ def test_ceiling_flag(tmp_path, capsys):
     assert main(["verify", str(out), "--weights", str(example_head_path())]) == 0
     assert main(["check", "--example", "--ceiling", "--domain", "free", "--out", str(tmp_path / "f")]) == 2
     assert "--ceiling needs a bounded --domain" in capsys.readouterr().err
+
+
+def test_compile_cache_directory_is_filled_and_reused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+    env = {**os.environ, "UNARGMAX_COMPILE_CACHE": "off", "JAX_PLATFORMS": "cpu"}
+    verdicts = []
+    for run in range(2):
+        out = tmp_path / f"out{run}"
+        done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(out), "--quiet",
+                               "--compile-cache", str(cache)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        verdicts.append([t["verdict"] for t in json.loads((out / "report.json").read_text())["tokens"]])
+        assert any(cache.iterdir()), "the first run leaves its compiled kernels in the cache"
+    assert verdicts[0] == verdicts[1]
+    # off (the tests' default, from conftest): nothing is written under the cache home.
+    home = tmp_path / "home"
+    done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(tmp_path / "o"),
+                           "--quiet"], env={**env, "XDG_CACHE_HOME": str(home)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and not (home / "unargmax_jax").exists()

@@ -53,11 +53,14 @@ def _rival_logits(W, b, ids, X):
     """Logits with each token's own entry set to -inf, and the own logit.
 
     The mask is a comparison with a column iota rather than a scatter, so XLA fuses it
-    into the reductions that follow instead of writing a masked copy of the block.
+    into the reductions that follow instead of writing a masked copy of the block. The
+    own logit is its own small product: gathering it from the block would make XLA write
+    the block out before reducing it. (The two round differently; the pad covers each.)
     """
     Z = logits(W, b, X)
     own = jnp.arange(W.shape[0])[None, :] == ids[:, None]
-    return jnp.where(own, -jnp.inf, Z), jnp.take_along_axis(Z, ids[:, None], axis=1)[:, 0]
+    z_own = jnp.einsum("nd,nd->n", W[ids], X, precision=HIGHEST) + b[ids]
+    return jnp.where(own, -jnp.inf, Z), z_own
 
 
 def witness_bounds(
@@ -88,9 +91,11 @@ def witness_bounds(
     x_norm = jnp.linalg.norm(X, axis=1)
     scale = (row_norms[ids] + jnp.max(row_norms)) * x_norm + jnp.abs(b[ids]) + jnp.max(jnp.abs(b))
     pad = gamma(d + 6, dtype) * scale + tiny_pad(d, dtype)
-    # One pass finds the strongest rival; its logit is then gathered (not a second max pass).
-    rival = jnp.argmax(rivals, axis=1)
-    margin = z_own - jnp.take_along_axis(rivals, rival[:, None], axis=1)[:, 0]
+    # A max reduction, then the first column attaining it: XLA:CPU vectorises both, while
+    # its (value, index) argmax reduction runs about 4x slower than the max alone.
+    strongest = jnp.max(rivals, axis=1)
+    rival = jnp.argmax(rivals == strongest[:, None], axis=1)
+    margin = z_own - strongest
     lower = margin - pad
     # fl(a - b) - pad > 0 implies a - b > pad (subtraction keeps the sign); round the pad
     # subtraction down to keep lower a lower bound.

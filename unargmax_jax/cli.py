@@ -80,6 +80,9 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-seconds", type=float, default=30.0,
                         help="save partial state to the output directory this often while screening, so an "
                              "interrupted run resumes when the same command is run again (default 30)")
+    parser.add_argument("--compile-cache", metavar="DIR|off", default=None,
+                        help="keep JAX's compiled kernels here so later runs skip compiling (default "
+                             "$UNARGMAX_COMPILE_CACHE, else ~/.cache/unargmax_jax/xla; off: do not)")
 
 
 def _add_head_names(parser: argparse.ArgumentParser) -> None:
@@ -308,6 +311,24 @@ def _error(err: BaseException) -> int:
     return EXIT_USAGE
 
 
+def _use_compile_cache(setting: str | None) -> None:
+    """Point JAX's persistent compilation cache at a directory, unless it is off or the
+    caller configured one already. A check compiles a few kernels per head shape (seconds
+    on CPU); with the cache a second run on the same shapes skips that."""
+    import jax
+
+    setting = setting or os.environ.get("UNARGMAX_COMPILE_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "unargmax_jax" / "xla")
+    if setting.lower() == "off" or jax.config.jax_compilation_cache_dir:
+        return
+    try:
+        Path(setting).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache is no reason to fail a check
+    jax.config.update("jax_compilation_cache_dir", setting)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``unargmax`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     try:
@@ -315,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse: usage errors (2), --help and --version (0)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     try:
+        if args.command in ("check", "survey"):
+            _use_compile_cache(args.compile_cache)
         if args.command == "check":
             return _run_check(args)
         if args.command == "survey":
