@@ -52,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on", choices=["unargmaxable", "undecided"], action="append", default=[],
                        help="exit 1 if any token has this verdict (repeatable)")
     check.add_argument("--verify", action="store_true", help="re-check the evidence independently afterwards")
+    multi = check.add_argument_group("multi-host runs (jax.distributed)")
+    multi.add_argument("--distributed", action="store_true",
+                       help="split the tokens across the processes of a jax.distributed job: run the same command "
+                            "on every host; process 0 writes the report")
+    multi.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="process 0's address for the job (default: detected from the cluster, e.g. SLURM, "
+                            "Cloud TPU); implies --distributed")
+    multi.add_argument("--num-processes", type=int, metavar="N", help="processes in the job; implies --distributed")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process's index 0..N-1; implies --distributed")
 
     verify = sub.add_parser("verify", help="re-check a report's witnesses and certificates against the weights")
     verify.add_argument("report_dir", help="directory holding report.json and certificates.npz")
@@ -124,6 +133,18 @@ def _check_options(args) -> None:
         raise UsageError(f"--checkpoint-seconds: expected a finite number >= 0, got {args.checkpoint_seconds}")
     if not 0 <= args.seed < _MAX_SEED:
         raise UsageError(f"--seed: expected an integer in [0, 2^32), got {args.seed}")
+    if args.command == "check":
+        _check_distributed_options(args)
+
+
+def _check_distributed_options(args) -> None:
+    if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+        args.distributed = True
+    if args.num_processes is not None and args.num_processes < 1:
+        raise UsageError(f"--num-processes: expected a positive integer, got {args.num_processes}")
+    if args.process_id is not None and not (0 <= args.process_id < (args.num_processes or float("inf"))):
+        limit = f"0..{args.num_processes - 1}" if args.num_processes else "a non-negative integer"
+        raise UsageError(f"--process-id: expected {limit}, got {args.process_id}")
 
 
 def _selection(args, head):
@@ -137,15 +158,15 @@ def _selection(args, head):
 PARTIAL_FILE = ".unargmax-partial.npz"
 
 
-def _check_head(head, domain, args, selected=None, out=None):
+def _check_head(head, domain, args, selected=None, out=None, partial=PARTIAL_FILE):
     """Run the engine on a loaded head with the command-line settings; label the report.
 
-    With ``out``, partial state goes to ``out/.unargmax-partial.npz`` as the run goes and a
-    run of the same head and settings resumes from it.
+    With ``out``, partial state goes to ``out/<partial>`` as the run goes and a run of the
+    same head and settings resumes from it.
     """
     from .engine import check
 
-    checkpoint = None if out is None else Path(out) / PARTIAL_FILE
+    checkpoint = None if out is None else Path(out) / partial
     report = check(head.W, head.b, domain, ties=args.ties, seed=args.seed, chunk_size=args.chunk_size,
                    max_seconds=args.max_seconds, progress=not args.quiet, tokens=selected, checkpoint=checkpoint,
                    checkpoint_seconds=args.checkpoint_seconds)
@@ -220,18 +241,27 @@ def _run_check(args) -> int:
         if args.ceiling and isinstance(domain, dom.Free):
             raise UsageError("--ceiling needs a bounded --domain (box or ball): on all of R^d every argmaxable "
                              "token reaches probability 1")
-    except (UsageError, ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
+        process, processes = _join_job(args) if args.distributed else (0, 1)
+    except (UsageError, ValueError, TypeError, OSError, RuntimeError) as err:  # HeadError is a ValueError
         return _error(err)
 
-    print(_describe_head(head))
-    if selected is not None:
+    if process == 0:
+        print(_describe_head(head))
+    if selected is not None and process == 0:
         from .selection import describe
 
         print(describe(selected, ids=args.tokens, regex=args.tokens_regex, script=args.script)
               + "; the rest are reported as skipped")
-    report = _check_head(head, domain, args, selected, out=out)
-    if args.ceiling:
-        _add_ceilings(report, head, domain, args)
+    if args.distributed:
+        report, partial = _check_share(head, domain, args, selected, out, process, processes)
+    else:
+        report, partial = _check_head(head, domain, args, selected, out=out), PARTIAL_FILE
+        if args.ceiling:
+            _add_ceilings(report, head, domain, args)
+    if process != 0:  # process 0 writes the merged report; the others only clean up
+        (out / partial).unlink(missing_ok=True)
+        print(f"process {process} of {processes}: done; process 0 writes the report")
+        return _fail_on_status(report, args, quiet=True)
     print(report.summary_table())
     status = EXIT_OK
     if args.verify:
@@ -245,15 +275,45 @@ def _run_check(args) -> int:
         report.save(out)
     except (ValueError, OSError) as err:
         return _error(err)
-    (out / PARTIAL_FILE).unlink(missing_ok=True)  # the run is complete
+    (out / partial).unlink(missing_ok=True)  # the run is complete
     print(f"report written to {out}: report.json, certificates.npz (evidence), tokens.csv, summary.md"
           + (", margins.png" if (out / "margins.png").exists() else ""))
-    counts = report.counts()
+    return max(status, _fail_on_status(report, args))
+
+
+def _fail_on_status(report, args, quiet: bool = False) -> int:
+    counts, status = report.counts(), EXIT_OK
     for verdict in dict.fromkeys(args.fail_on):
         if counts[verdict]:
-            print(f"failing: {counts[verdict]} {verdict} token(s) (--fail-on {verdict})")
+            if not quiet:
+                print(f"failing: {counts[verdict]} {verdict} token(s) (--fail-on {verdict})")
             status = EXIT_FAILED
     return status
+
+
+def _join_job(args) -> tuple[int, int]:
+    from .distributed import initialize
+
+    process, processes = initialize(args.coordinator, args.num_processes, args.process_id)
+    print(f"process {process} of {processes} in the distributed job", file=sys.stderr)
+    return process, processes
+
+
+def _check_share(head, domain, args, selected, out, process: int, processes: int):
+    """Decide this process's share of the tokens, then merge every process's part (all get it)."""
+    from .distributed import gather_reports, token_share
+
+    share = token_share(np.ones(head.W.shape[0], bool) if selected is None else selected, process, processes)
+    partial = f".unargmax-partial-{process}-of-{processes}.npz"
+    part = None
+    if share.any():
+        part = _check_head(head, domain, args, share, out=out, partial=partial)
+        if args.ceiling:
+            _add_ceilings(part, head, domain, args)
+    report = gather_reports(part)
+    if head.tokens is not None:
+        report.tokens = list(head.tokens)
+    return report, partial
 
 
 def _load_report(directory: str):
