@@ -181,3 +181,16 @@ def test_cli_refuses_a_bad_process_id(tmp_path, capsys):
     assert code == 2
     assert "--process-id: expected 0..1, got 2" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_distributed_outside_a_cluster_says_what_is_missing(tmp_path, capsys, monkeypatch):
+    from unargmax_jax.cli import main
+
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_", "TPU_", "JAX_COORDINATOR")):
+            monkeypatch.delenv(name)
+    code = main(["check", "--example", "--out", str(tmp_path / "o"), "--distributed"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not join the distributed job" in err and "coordinator" in err
+    assert not (tmp_path / "o").exists()
