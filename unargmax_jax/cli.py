@@ -195,7 +195,7 @@ def _add_ceilings(report, head, domain, args) -> None:
     from .ceiling import ceilings
 
     ids = np.flatnonzero(report.verdict != 2)
-    starts = np.stack([report.witness(int(i)) if report.witness(int(i)) is not None else np.zeros(head.W.shape[1])
+    starts = np.stack([np.asarray(report.witness(int(i)), np.float64) if report.witness(int(i)) is not None else np.zeros(head.W.shape[1])
                        for i in ids])
     starts = np.clip(starts, *_box_limits(domain)) if isinstance(domain, dom.Box) else starts
     if not args.quiet:

@@ -52,6 +52,9 @@ class Settings(NamedTuple):
     max_seconds: float | None = None
     shard: bool = True  # split each batch's tokens across all local devices
     checkpoint_seconds: float = 30.0  # with a checkpoint file: how often screening saves it
+    # Keep witnesses as float16 points where the domain allows it (see _half_witnesses):
+    # the witness table is then half the head's float32 size instead of all of it.
+    half_witnesses: bool = True
 
 
 class _Progress:
@@ -133,6 +136,17 @@ def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 1024) -> tup
     return np.asarray(representative, np.int64), inverse
 
 
+def _half_witnesses(domain: dom.Domain, dtype) -> bool:
+    """Whether witnesses can be kept as float16 points: float32 work on a box whose bounds
+    are float16 numbers. Rounding to nearest is monotone, so it maps [lo, hi] into itself
+    when lo and hi are representable: a rounded point is still in the domain."""
+    if np.dtype(dtype) != np.float32 or not isinstance(domain, dom.Box):
+        return False
+    bounds = np.concatenate([np.ravel(np.asarray(domain.lo, np.float64)), np.ravel(np.asarray(domain.hi, np.float64))])
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(bounds.astype(np.float16))) and np.all(bounds.astype(np.float16) == bounds))
+
+
 def _contains_origin(domain: dom.Domain) -> bool:
     if isinstance(domain, dom.Box):
         return bool(np.all(np.asarray(domain.lo) <= 0) and np.all(np.asarray(domain.hi) >= 0))
@@ -178,10 +192,12 @@ class _Head(NamedTuple):
     precision: jax.Array
 
 
-@partial(jax.jit, static_argnames=("all_candidates",))
-def _screen_chunk(head: _Head, ids, domain, key, *, all_candidates):
+@partial(jax.jit, static_argnames=("all_candidates", "half"))
+def _screen_chunk(head: _Head, ids, domain, key, *, all_candidates, half=False):
     """Best starting point per token: only "along its whitened row" in the first pass (it
-    decides most tokens of real heads with one product), all candidates in the second."""
+    decides most tokens of real heads with one product), all candidates in the second.
+    With ``half`` every candidate is rounded to float16 first (it stays in the box, see
+    :func:`_half_witnesses`), so the points evaluated are the points stored."""
     rows = head.W[ids]
     points = screen.starting_points(rows, domain, screen.whitened_directions(rows, head.mean, head.precision))
     if all_candidates:
@@ -192,6 +208,8 @@ def _screen_chunk(head: _Head, ids, domain, key, *, all_candidates):
         points = jnp.concatenate([points, extra[:, None, :]], axis=1)
     else:
         points = points[:, :1]
+    if half:
+        points = points.astype(jnp.float16).astype(points.dtype)
     n, m, d = points.shape
     # All candidates in one product (separate products per candidate fuse badly on CPU).
     every = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0)
@@ -443,8 +461,12 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     lower = np.full(U, -np.inf)
     upper = np.full(U, np.inf)
     stage = np.array(["none"] * U, dtype=object)
-    witness = np.zeros((U, d), np.dtype(dtype))  # device points are exact in the device dtype
-    exact_witness: dict[int, np.ndarray] = {}  # float64 points from the rational stage
+    half = settings.half_witnesses and _half_witnesses(domain, dtype)
+    # Device points are exact in the device dtype, or in float16 when ``half``; a witness
+    # the table cannot hold exactly (from the rational stage, or a float32 point whose
+    # float16 rounding loses its margin) is kept apart in ``exact_witness`` in float64.
+    witness = np.zeros((U, d), np.float16 if half else np.dtype(dtype))
+    exact_witness: dict[int, np.ndarray] = {}
     cert_support: dict[int, np.ndarray] = {}
     cert_weights: dict[int, np.ndarray] = {}
     cert_rational: dict[int, list] = {}
@@ -508,12 +530,49 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             checkpoint.save(phase, 0, todo, state)
         return todo, 0
 
+    def halved(ids, x, L):
+        """Witness points rounded to float16 where that keeps a positive margin (re-proved
+        at the rounded point), and which rows keep their float32 point: those whose margin
+        rounding would lose, and undecided ones (the next stage warm-starts from them)."""
+        rounded = x.astype(np.float16).astype(x.dtype)
+        differs = np.any(rounded != x, axis=1)
+        decided = differs & (L > 0)
+        take = np.zeros_like(differs)
+        rows = np.flatnonzero(decided)
+        L = L.copy()
+        for start in range(0, rows.size, hard_B):  # one batch shape for every stage: one compile
+            part = rows[start:start + hard_B]
+            padded = np.concatenate([part, np.full(hard_B - part.size, part[0])])
+            L_rounded = np.asarray(_top_chunk(head, place.split(ids[padded]), place.split(rounded[padded], dtype),
+                                              num_top=0).lower, np.float64)[:part.size]
+            take[part] = L_rounded > 0
+            L[part[take[part]]] = L_rounded[take[part]]
+        return np.where(take[:, None], rounded, x), L, differs & ~take
+
+    def start_points(ids):
+        """The best point so far per token, at full precision (a later stage starts there)."""
+        x = witness[ids].astype(dtype)
+        for r, i in enumerate(ids):
+            if int(i) in exact_witness:
+                x[r] = exact_witness[int(i)]
+        return x
+
     def record_witness(ids, valid, x, wb, name):
-        ids = ids[:valid]
-        L = np.asarray(wb.lower, np.float64)[:valid]
+        x = np.asarray(x)
+        L = np.asarray(wb.lower, np.float64)
+        keep_wide = np.zeros(len(ids), bool)
+        if half:
+            x, L, keep_wide = halved(ids, x, L)
+        ids, x, L, keep_wide = ids[:valid], x[:valid], L[:valid], keep_wide[:valid]
         improve = L > lower[ids]
         lower[ids] = np.where(improve, L, lower[ids])
-        witness[ids[improve]] = np.asarray(x)[:valid][improve]
+        witness[ids[improve]] = x[improve]
+        if half:
+            for r in np.flatnonzero(improve):
+                if keep_wide[r]:
+                    exact_witness[int(ids[r])] = x[r].astype(np.float64)
+                else:
+                    exact_witness.pop(int(ids[r]), None)
         newly = (L > 0) & (verdict[ids] == 0)
         verdict[ids[newly]] = 1
         stage[ids[newly]] = name
@@ -556,7 +615,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                 continue
             if time.monotonic() > deadline:
                 break
-            x, wb, one, U_one = _screen_chunk(head, place.split(ids), ddomain, key, all_candidates=all_candidates)
+            x, wb, one, U_one = _screen_chunk(head, place.split(ids), ddomain, key, all_candidates=all_candidates,
+                                              half=half)
             if settings.braid_steps and all_candidates:
                 x, wb = _braid_chunk(head, place.split(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
             record_witness(ids, valid, x, wb, "screen")
@@ -577,8 +637,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     for ids, valid in _chunks(todo, top_B):
         if time.monotonic() > deadline:
             break
-        record_witness(ids, valid, witness[ids], _top_chunk(head, place.split(ids), place.split(witness[ids], dtype), num_top=k),
-                       "screen")
+        x = start_points(ids)
+        record_witness(ids, valid, x, _top_chunk(head, place.split(ids), place.split(x, dtype), num_top=k), "screen")
         return_freed_memory()
     seconds["screen"] += time.monotonic() - t0
 
@@ -592,7 +652,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         if time.monotonic() > deadline:
             break
         support = np.stack([top[int(i)] for i in ids])
-        x, wb, weights, U_rig = _ascent_chunk(head, place.split(ids), place.split(support), place.split(witness[ids], dtype),
+        x, wb, weights, U_rig = _ascent_chunk(head, place.split(ids), place.split(support), place.split(start_points(ids), dtype),
                                               ddomain, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
         record_witness(ids, valid, x, wb, "ascent")
         record_certificate(ids, valid, support, weights, U_rig, "ascent")
@@ -634,7 +694,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         omega0 = np.array([state_of[i][2] if i in state_of else omega_start for i in ids])
         budget = np.where(np.arange(slots) < valid, settings.pdhg_round_iterations, 0)
         result, wb, weights, U_rig = _pdhg_chunk(
-            head, place.split(ids), place.split(support), place.split(witness[ids], dtype), place.split(lam0, dtype),
+            head, place.split(ids), place.split(support), place.split(start_points(ids), dtype), place.split(lam0, dtype),
             place.split(omega0, dtype), place.split(budget, jnp.int32), ddomain,
             max_iterations=settings.pdhg_round_iterations, tolerance=tolerance, decisive=decisive, num_top=k,
             adaptive_step=settings.pdhg_adaptive_step)
@@ -756,8 +816,10 @@ def _assemble(W, b, user_domain, solve_domain, settings, state_row, state_token,
     witnesses = _compact_rows(state["witness"], state_row[witness_ids])
     exact = [(r, state["exact_witness"][int(state_row[i])]) for r, i in enumerate(witness_ids)
              if int(state_row[i]) in state["exact_witness"]]
-    if exact:  # float64 only when the exact stage produced a point the device dtype cannot hold
-        witnesses = witnesses.astype(np.float64)
+    if exact:  # a wider table only when some point needs it (float32 if that holds them all)
+        points = np.stack([x for _, x in exact])
+        wide = np.float32 if np.array_equal(points.astype(np.float32), points) else np.float64
+        witnesses = witnesses.astype(np.promote_types(witnesses.dtype, wide))
         for r, x in exact:
             witnesses[r] = x
     cert_ids, offsets, support, weights, rational_w = [], [0], [], [], []

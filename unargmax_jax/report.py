@@ -4,7 +4,8 @@
 the proved margin interval ``[lower, upper]`` and the stage that decided it.
 ``certificates.npz`` (plain arrays, no pickle) holds the evidence:
 
-* ``witness_ids`` (n,), ``witnesses`` (n, d) float64: an x in X per argmaxable token,
+* ``witness_ids`` (n,), ``witnesses`` (n, d) float16, float32 or float64 (each point
+  exact in the stored dtype): an x in X per argmaxable token,
 * ``certificate_ids`` (m,), ``certificate_offsets`` (m + 1,), ``certificate_support``
   (nnz,), ``certificate_weights`` (nnz,) float64: a sparse lam >= 0 per unargmaxable
   token (CSR layout: token ``certificate_ids[r]`` uses entries
@@ -222,8 +223,9 @@ class Report:
         witnesses = np.asarray(self.witnesses)
         arrays = {
             "witness_ids": np.asarray(self.witness_ids, np.int64),
-            # float32 witnesses stay float32 (exact); anything else is stored as float64
-            "witnesses": (witnesses if witnesses.dtype == np.float32 else witnesses.astype(np.float64)).reshape(-1, self.head["dim"]),
+            # float16/float32 witnesses keep their dtype (exact); anything else is stored as float64
+            "witnesses": (witnesses if witnesses.dtype in (np.float16, np.float32)
+                          else witnesses.astype(np.float64)).reshape(-1, self.head["dim"]),
             "certificate_ids": np.asarray(self.certificate_ids, np.int64),
             "certificate_offsets": np.asarray(self.certificate_offsets, np.int64),
             "certificate_support": np.asarray(self.certificate_support, np.int64),

@@ -144,7 +144,7 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
 def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail) -> int:
     C, d = W.shape
     ids = np.asarray(report.witness_ids, np.int64)
-    X = np.asarray(report.witnesses).reshape(-1, d)  # float32 or float64; upcast block by block
+    X = np.asarray(report.witnesses).reshape(-1, d)  # float16, float32 or float64; upcast block by block
     argmaxable = set(np.flatnonzero(report.verdict == 1).tolist())
     if ids.size != X.shape[0] or len(set(ids.tolist())) != ids.size:
         for i in argmaxable:
