@@ -138,6 +138,15 @@ def test_bad_heads_are_refused(W, b, error, message):
         validate_head(W, b)
 
 
+def test_non_finite_weights_are_found_and_counted_across_row_blocks():
+    # The finiteness check runs in row blocks (no (C, d) mask of a large head): the first
+    # bad entry and the total count must still be those of the whole array.
+    W = np.ones((10000, 3), np.float32)
+    W[5000, 2], W[9999, 0], W[9999, 1] = np.nan, np.inf, -np.inf
+    with pytest.raises(HeadError, match=r"got nan at \(row 5000, column 2\) and 2 more non-finite entries$"):
+        validate_head(W)
+
+
 def test_errors_are_value_and_type_errors():
     assert issubclass(HeadError, ValueError)
     assert issubclass(HeadTypeError, TypeError) and issubclass(HeadTypeError, HeadError)

@@ -224,6 +224,22 @@ def _as_array(value, what: str, prefix: str) -> np.ndarray:
         raise HeadError(f"{prefix}expected {what} as an array, got {type(value).__name__} ({err})") from None
 
 
+def _check_finite_rows(W: np.ndarray, prefix: str, *, block: int = 4096) -> None:
+    """Raise on the first non-finite weight; row blocks, so no (C, d) mask of a large head."""
+    first, count = None, 0
+    for start in range(0, W.shape[0], block):
+        bad = ~np.isfinite(W[start:start + block])
+        if first is None and bad.any():
+            r, c = (int(v) for v in np.argwhere(bad)[0])
+            first = (start + r, c)
+        if first is not None:
+            count += int(np.count_nonzero(bad))
+    if first is not None:
+        r, c = first
+        raise HeadError(f"{prefix}expected finite weights, got {W[r, c]} at (row {r}, column {c})"
+                        f"{f' and {count - 1} more non-finite entries' if count > 1 else ''}")
+
+
 def validate_head(W, b=None, *, where: str = "") -> tuple[np.ndarray, np.ndarray | None]:
     """Check the shapes and values of a head; return it as float arrays.
 
@@ -251,11 +267,7 @@ def validate_head(W, b=None, *, where: str = "") -> tuple[np.ndarray, np.ndarray
     if W.shape[0] == 0 or W.shape[1] == 0:
         raise HeadError(f"{prefix}expected at least one class and one feature, got shape {W.shape}")
     W = _as_float(W, "weights", prefix)
-    bad = np.argwhere(~np.isfinite(W))
-    if bad.size:
-        r, c = (int(v) for v in bad[0])
-        raise HeadError(f"{prefix}expected finite weights, got {W[r, c]} at (row {r}, column {c})"
-                        f"{f' and {len(bad) - 1} more non-finite entries' if len(bad) > 1 else ''}")
+    _check_finite_rows(W, prefix)
     W = aligned(W)  # so the engine can hand it to XLA without a copy
     if b is None:
         return W, None
