@@ -29,11 +29,15 @@ import numpy as np
 from . import ascent as ascent_mod
 from . import bounds, pdhg, rational, screen
 from ._memory import return_freed_memory
+from ._warmup import Warmup
 from . import domains as dom
 from .report import Report, head_sha256
 
 STAGES = ("screen", "ascent", "pdhg", "rational")
 SKIPPED = 2  # the report's verdict code for a token the user did not select
+# Below this many flops in the first screening pass (2 C^2 d: about a second on one CPU
+# core) compiling the later stages in the background would not overlap anything.
+WARMUP_MIN_FLOPS = 2e11
 
 
 class Settings(NamedTuple):
@@ -55,6 +59,9 @@ class Settings(NamedTuple):
     # Keep witnesses as float16 points where the domain allows it (see _half_witnesses):
     # the witness table is then half the head's float32 size instead of all of it.
     half_witnesses: bool = True
+    # Compile the later stages' kernels on a background thread while a large head's first
+    # screening pass runs (see _warmup); results do not depend on it.
+    background_compile: bool = True
 
 
 class _Progress:
@@ -259,6 +266,45 @@ def _pdhg_chunk(head: _Head, ids, support, x0, lam0, omega0, budget, domain, *, 
     return result, witness, weights, upper
 
 
+def _later_stage_warmup(settings, head, domain, key, place, dtype, U, d, k, B, hard_B, half, ascent_call,
+                        pdhg_call) -> Warmup:
+    """Compile jobs for the kernels the stages after the first screening pass call, with
+    arguments of exactly the shapes, dtypes and placement of the real calls (so those find
+    them compiled). Only worth a compiler thread when the first pass runs longer than
+    compiling takes (about 2 C^2 d flops against a few seconds); otherwise no jobs."""
+    if not settings.background_compile or 2.0 * U * U * d < WARMUP_MIN_FLOPS:
+        return Warmup([])
+    ids = place.split(np.zeros(hard_B, np.int64))
+    support = place.split(np.zeros((hard_B, k), np.int32))
+    x = place.split(np.zeros((hard_B, d)), dtype)
+    lam = place.split(np.zeros((hard_B, k)), dtype)
+    omega = place.split(np.ones(hard_B), dtype)
+    budget = place.split(np.zeros(hard_B), jnp.int32)
+    screen_ids = place.split(np.zeros(place.batch(max(1, B // 4)), np.int64))
+    def pdhg_job(slots):
+        def job():
+            args = [place.split(np.zeros((slots,) + a.shape[1:], a.dtype)) for a in (ids, support, x, lam, omega, budget)]
+            pdhg_call.func.lower(head, *args, domain, **pdhg_call.keywords).compile()
+        return job
+
+    jobs = [
+        lambda: _screen_chunk.lower(head, screen_ids, domain, key, all_candidates=True, half=half).compile(),
+        lambda: ascent_call.func.lower(head, ids, support, x, domain, **ascent_call.keywords).compile(),
+        pdhg_job(hard_B),
+    ]
+    if half:
+        jobs.append(lambda: _top_chunk.lower(head, ids, x, num_top=0).compile())
+    tail = _pdhg_tail_slots(place, hard_B)
+    if tail != hard_B:
+        jobs.append(pdhg_job(tail))
+    return Warmup(jobs)
+
+
+def _pdhg_tail_slots(place, hard_B: int) -> int:
+    """Batch size of PDHG's short tail (few tokens left): every slot of a vmapped loop costs time."""
+    return place.batch(max(1, hard_B // 8))
+
+
 def _refresh_support(top, support, lam, *, keep):
     """New competitor sets: rows carrying dual weight first, then the strongest at x,
     then the previous set (dict.fromkeys keeps the first occurrence, in order)."""
@@ -405,7 +451,7 @@ def check(
 
         identity = hashlib.sha256()
         identity.update(head_sha256(*stored).encode())
-        run_settings = {k: v for k, v in settings._asdict().items() if k not in ("max_seconds", "checkpoint_seconds")}
+        run_settings = {k: v for k, v in settings._asdict().items() if k not in ("max_seconds", "checkpoint_seconds", "background_compile")}
         identity.update(json.dumps([run_settings, dom.to_json(user_domain), dom.to_json(solve_domain)], sort_keys=True,
                                    default=str).encode())
         identity.update(np.packbits(wanted).tobytes())
@@ -500,6 +546,15 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     state = dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                  cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, top=top,
                  pdhg_support=pdhg_support, seconds=seconds)
+    lr = float(0.05 * np.max(extent))  # ascent's step size
+    eps = float(jnp.finfo(dtype).eps)
+    tolerance = float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12))  # PDHG's
+    decisive = float(64 * (d + 4) * eps)
+    ascent_call = partial(_ascent_chunk, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
+    pdhg_call = partial(_pdhg_chunk, max_iterations=settings.pdhg_round_iterations, tolerance=tolerance,
+                        decisive=decisive, num_top=k, adaptive_step=settings.pdhg_adaptive_step)
+    warmup = _later_stage_warmup(settings, head, ddomain, key, place, dtype, U, d, k, B, hard_B, half,
+                                 ascent_call, pdhg_call)
     snapshot = checkpoint.load() if checkpoint is not None else None
     if snapshot is not None:
         for name in ("verdict", "lower", "upper", "stage", "witness"):
@@ -621,6 +676,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                 x, wb = _braid_chunk(head, place.split(ids), x, ddomain, num_top=0, steps=settings.braid_steps)
             record_witness(ids, valid, x, wb, "screen")
             record_certificate(ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
+            if np.any(verdict[ids[:valid]] == 0):
+                warmup.start()  # some token needs the later stages: compile them meanwhile
             return_freed_memory()  # else glibc's arenas keep every freed (batch x C) block
             done += valid
             reporter.update(name, done, todo.size)
@@ -644,7 +701,6 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
 
     # Stage 2: margin ascent.
     t0 = time.monotonic()
-    lr = float(0.05 * np.max(extent))
     started = begin("ascent", pending())
     todo = started[0] if started else np.zeros(0, np.int64)
     done = 0
@@ -652,8 +708,8 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         if time.monotonic() > deadline:
             break
         support = np.stack([top[int(i)] for i in ids])
-        x, wb, weights, U_rig = _ascent_chunk(head, place.split(ids), place.split(support), place.split(start_points(ids), dtype),
-                                              ddomain, steps=settings.ascent_steps, learning_rate=lr, num_top=k)
+        x, wb, weights, U_rig = ascent_call(head, place.split(ids), place.split(support),
+                                            place.split(start_points(ids), dtype), ddomain)
         record_witness(ids, valid, x, wb, "ascent")
         record_certificate(ids, valid, support, weights, U_rig, "ascent")
         return_freed_memory()
@@ -664,9 +720,6 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     # Stage 3: PDHG with row generation. Slots of a fixed-size batch are refilled as
     # tokens finish, so one slow token never holds up a whole chunk.
     t0 = time.monotonic()
-    eps = float(jnp.finfo(dtype).eps)
-    tolerance = float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12))
-    decisive = float(64 * (d + 4) * eps)
     omega_start = 1.0 / max(float(np.max(extent)), 1e-30)
     started = begin("pdhg", pending())
     queue = [int(i) for i in started[0]] if started else []
@@ -686,18 +739,16 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
         while queue and len(active) < hard_B:
             active.append(int(queue.pop(0)))
         # A short tail runs in a smaller batch: every slot of a vmapped loop costs time.
-        slots = hard_B if len(active) > hard_B // 8 else place.batch(max(1, hard_B // 8))
+        slots = hard_B if len(active) > hard_B // 8 else _pdhg_tail_slots(place, hard_B)
         ids = np.array(active + [active[0]] * (slots - len(active)), np.int64)
         valid = len(active)
         support = np.stack([state_of.get(i, (top[i],))[0] for i in ids])
         lam0 = np.stack([state_of[i][1] if i in state_of else np.full(k, 1.0 / k) for i in ids])
         omega0 = np.array([state_of[i][2] if i in state_of else omega_start for i in ids])
         budget = np.where(np.arange(slots) < valid, settings.pdhg_round_iterations, 0)
-        result, wb, weights, U_rig = _pdhg_chunk(
+        result, wb, weights, U_rig = pdhg_call(
             head, place.split(ids), place.split(support), place.split(start_points(ids), dtype), place.split(lam0, dtype),
-            place.split(omega0, dtype), place.split(budget, jnp.int32), ddomain,
-            max_iterations=settings.pdhg_round_iterations, tolerance=tolerance, decisive=decisive, num_top=k,
-            adaptive_step=settings.pdhg_adaptive_step)
+            place.split(omega0, dtype), place.split(budget, jnp.int32), ddomain)
         record_witness(ids, valid, result.x, wb, "pdhg")
         record_certificate(ids, valid, support, weights, U_rig, "pdhg")
         return_freed_memory()
@@ -765,6 +816,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             if i in cert_support and i not in cert_rational:
                 upper[i] = np.inf
     seconds["rational"] += time.monotonic() - t0
+    warmup.stop()
     return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
 
