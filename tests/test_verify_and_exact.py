@@ -5,6 +5,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from helpers import highs_margins, hull_vertices_argmaxable
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unargmax_jax as ua
 from unargmax_jax import exact
@@ -103,3 +105,39 @@ def test_damaged_report_is_a_value_error(tmp_path):
     (tmp_path / "certificates.npz").write_bytes(b"garbage")
     with pytest.raises(ValueError):
         ua.Report.load(tmp_path)
+
+
+def _exact_accepts(W, b, i, x, ties_first) -> bool:
+    """Truth in rationals: x makes token i the strict argmax (ties="first": against every
+    non-twin row, and no lower-index twin)."""
+    C = len(W)
+    z = [sum(Fraction(int(w)) * Fraction(float(v)) for w, v in zip(W[j], x)) + Fraction(int(b[j])) for j in range(C)]
+    twins = [j for j in range(C) if list(W[j]) == list(W[i]) and b[j] == b[i]]
+    if ties_first and min(twins) < i:
+        return False
+    rivals = [j for j in range(C) if j != i and not (ties_first and j in twins)]
+    return all(z[i] > z[j] for j in rivals)
+
+
+@given(st.integers(2, 7).flatmap(lambda C: st.tuples(
+    st.lists(st.lists(st.integers(-2, 2), min_size=2, max_size=2), min_size=C, max_size=C),
+    st.lists(st.integers(-1, 1), min_size=C, max_size=C),
+    st.lists(st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]), min_size=2, max_size=2), min_size=C, max_size=C))),
+    st.booleans())
+@settings(max_examples=150, deadline=None, derandomize=True)
+def test_verifier_accepts_a_witness_exactly_when_it_makes_the_strict_argmax(data, ties_first):
+    # A hand-made report claims every token argmaxable with an arbitrary point: integer
+    # rows and dyadic points make exact ties common, so the verifier's block-wise float
+    # screening and its exact fallback both run. Its verdict must match rational truth.
+    W, b, X = (np.array(a, np.float64) for a in data)
+    C = W.shape[0]
+    report = ua.check(W, b, ua.Box(-1.0, 1.0), ties="first" if ties_first else "strict")
+    report.verdict = np.ones(C, np.int8)
+    report.lower, report.upper = np.full(C, 1e-300), np.full(C, np.inf)
+    report.witness_ids, report.witnesses = np.arange(C), X
+    empty = np.zeros(0, np.int64)
+    report.certificate_ids, report.certificate_offsets = empty, np.zeros(1, np.int64)
+    report.certificate_support, report.certificate_weights, report.certificate_rational = empty, np.zeros(0), np.zeros(0, str)
+    result = ua.verify(report, W, b, block=3)  # blocks that do not divide C
+    truth = [_exact_accepts(W, b, i, X[i], ties_first) for i in range(C)]
+    assert [i not in result.failed.tolist() for i in range(C)] == truth, result.reasons
