@@ -292,6 +292,15 @@ def test_no_bias_ties_first_and_default_out(head_file, tmp_path, capsys, monkeyp
     assert main(["verify", str(out), "--weights", str(head_file), "--bias", "b"]) == 1
 
 
+def test_no_background_compile_reaches_the_engine_and_changes_no_verdict(tmp_path, capsys):
+    default, off = tmp_path / "default", tmp_path / "off"
+    assert main(["check", "--example", "--out", str(default), "--quiet"]) == 0
+    assert main(["check", "--example", "--out", str(off), "--quiet", "--no-background-compile"]) == 0
+    first, second = (json.loads((d / "report.json").read_text()) for d in (default, off))
+    assert (first["settings"]["background_compile"], second["settings"]["background_compile"]) == (True, False)
+    assert first["tokens"] == second["tokens"]
+
+
 def test_example_shows_every_kind_of_verdict(tmp_path, capsys):
     out = tmp_path / "ex"
     assert main(["check", "--example", "--out", str(out), "--quiet", "--verify", "--fail-on", "unargmaxable"]) == 1

@@ -89,6 +89,9 @@ def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-seconds", type=float, default=30.0,
                         help="save partial state to the output directory this often while screening, so an "
                              "interrupted run resumes when the same command is run again (default 30)")
+    parser.add_argument("--no-background-compile", dest="background_compile", action="store_false",
+                        help="compile the later stages when they start, not on a second thread during screening "
+                             "(saves the compiler's memory, about 150 MB, during the screen; costs its time)")
     parser.add_argument("--compile-cache", metavar="DIR|off", default=None,
                         help="keep JAX's compiled kernels here so later runs skip compiling (default "
                              "$UNARGMAX_COMPILE_CACHE, else ~/.cache/unargmax_jax/xla; off: do not)")
@@ -169,7 +172,8 @@ def _check_head(head, domain, args, selected=None, out=None, partial=PARTIAL_FIL
     checkpoint = None if out is None else Path(out) / partial
     report = check(head.W, head.b, domain, ties=args.ties, seed=args.seed, chunk_size=args.chunk_size,
                    max_seconds=args.max_seconds, progress=not args.quiet, tokens=selected, checkpoint=checkpoint,
-                   checkpoint_seconds=args.checkpoint_seconds)
+                   checkpoint_seconds=args.checkpoint_seconds,
+                   background_compile=getattr(args, "background_compile", True))
     report.head.update(source=head.source, weight_name=head.weight_name, bias_name=head.bias_name)
     if head.tokens is not None:
         report.tokens = list(head.tokens)
