@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 
 
 def _trim_function():
@@ -16,12 +17,18 @@ def _trim_function():
 _TRIM = _trim_function()
 
 
-def return_freed_memory() -> None:
+_last_trim = [float("-inf")]
+
+
+def return_freed_memory(*, min_interval: float = 0.0) -> None:
     """Ask glibc to hand freed heap pages back to the OS (a no-op without glibc).
 
     XLA frees each kernel's (batch x C) buffers back to malloc, and glibc keeps freed
     blocks of up to 32 MB in its per-thread arenas; over a long check those held-back
-    blocks add up to more than the head itself.
+    blocks add up to more than the head itself. A trim walks every arena (a few ms), so
+    callers in a loop pass ``min_interval``: skip it if the last one is that recent.
     """
-    if _TRIM is not None:
+    now = time.monotonic()
+    if _TRIM is not None and now - _last_trim[0] >= min_interval:
         _TRIM(0)
+        _last_trim[0] = now

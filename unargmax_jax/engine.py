@@ -38,6 +38,7 @@ SKIPPED = 2  # the report's verdict code for a token the user did not select
 # Below this many flops in the first screening pass (2 C^2 d: about a second on one CPU
 # core) compiling the later stages in the background would not overlap anything.
 WARMUP_MIN_FLOPS = 2e11
+TRIM_INTERVAL = 0.1  # seconds between heap trims inside a stage's loop
 
 
 class Settings(NamedTuple):
@@ -678,12 +679,15 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             record_certificate(ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
             if np.any(verdict[ids[:valid]] == 0):
                 warmup.start()  # some token needs the later stages: compile them meanwhile
-            return_freed_memory()  # else glibc's arenas keep every freed (batch x C) block
+            # Else glibc's arenas keep every freed (batch x C) block; a few times a second
+            # bounds what they hold at a few blocks, for a fraction of a trim per chunk.
+            return_freed_memory(min_interval=TRIM_INTERVAL)
             done += valid
             reporter.update(name, done, todo.size)
             if checkpoint is not None and checkpoint.due():
                 checkpoint.save(name, n + 1, todo, state)
         done = 0
+    return_freed_memory()
     # Competitor sets (top-k logits at the best point) only for tokens still undecided:
     # a top-k over C for every token would cost more than the screen itself.
     started = begin("top", np.flatnonzero(verdict == 0))
@@ -696,7 +700,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             break
         x = start_points(ids)
         record_witness(ids, valid, x, _top_chunk(head, place.split(ids), place.split(x, dtype), num_top=k), "screen")
-        return_freed_memory()
+        return_freed_memory(min_interval=TRIM_INTERVAL)
     seconds["screen"] += time.monotonic() - t0
 
     # Stage 2: margin ascent.
@@ -712,7 +716,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                                             place.split(start_points(ids), dtype), ddomain)
         record_witness(ids, valid, x, wb, "ascent")
         record_certificate(ids, valid, support, weights, U_rig, "ascent")
-        return_freed_memory()
+        return_freed_memory(min_interval=TRIM_INTERVAL)
         done += valid
         reporter.update("ascent", done, todo.size)
     seconds["ascent"] += time.monotonic() - t0
@@ -751,7 +755,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             place.split(omega0, dtype), place.split(budget, jnp.int32), ddomain)
         record_witness(ids, valid, result.x, wb, "pdhg")
         record_certificate(ids, valid, support, weights, U_rig, "pdhg")
-        return_freed_memory()
+        return_freed_memory(min_interval=TRIM_INTERVAL)
         lam = np.asarray(result.lam, np.float64)
         status = np.asarray(result.status)
         omega = np.asarray(result.omega, np.float64)
