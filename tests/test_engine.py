@@ -261,3 +261,18 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
     for field in ("verdict", "lower", "upper", "stage", "witness_ids"):
         assert np.array_equal(getattr(warm, field), getattr(plain, field)), field
     assert np.array_equal(warm.witnesses, plain.witnesses)
+
+
+def test_free_domain_with_bias_stores_the_bounds_its_exact_certificates_prove():
+    # Regression (found trying the README's API example on ua.Free()): on R^d with a bias
+    # only exact certificates decide, and the exact stage kept the tighter upper bound of a
+    # dropped float certificate, which the stored exact one does not prove.
+    W = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=500).astype(np.float32)
+    report = checked(W, b, ua.Free())
+    rational = (report.verdict == -1) & (report.stage == "rational")
+    assert rational.sum() > 100
+    for i in np.flatnonzero(rational)[:50]:
+        support, weights = report.certificate(int(i))
+        total = weights.sum()  # an exact g = 0 certificate proves U = b_i - lam^T b / s
+        assert np.isclose(report.upper[i], b[i] - weights @ b[support] / total, rtol=1e-6, atol=1e-6)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 import time
+from fractions import Fraction
 from functools import partial
 from typing import NamedTuple
 
@@ -803,15 +804,17 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
             candidates = candidates[: 2 * (d + 1) + 8]
             outcome = rational.certify(W, b, lo_hi, int(i), np.asarray(candidates, np.int64),
                                        deadline=rational_deadline, weights=np.sort(weights_i)[::-1])
+            # The exact evidence replaces the float one, so the stored bound must be the one
+            # it proves (not a tighter bound from a dropped float certificate: on R^d with a
+            # bias those never decide, but can be below the exact value), rounded outwards.
             if outcome.verdict == -1:
-                verdict[i], stage[i], upper[i] = -1, "rational", min(upper[i], float(outcome.value))
-                upper[i] = min(upper[i], 0.0) if outcome.value == 0 else upper[i]
+                verdict[i], stage[i], upper[i] = -1, "rational", _float_at_least(outcome.value)
                 cert_support[i] = outcome.support
                 cert_weights[i] = np.array([float(w) for w in outcome.weights])
                 cert_rational[i] = [f"{w.numerator}/{w.denominator}" for w in outcome.weights]
             elif outcome.verdict == 1:
                 verdict[i], stage[i] = 1, "rational"
-                lower[i] = max(lower[i], float(outcome.value))
+                lower[i] = -_float_at_least(-outcome.value)
                 exact_witness[int(i)] = np.asarray(outcome.witness, np.float64)
             reporter.update("rational", n + 1, todo.size)
     if require_exact_certificates:
@@ -823,6 +826,12 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     warmup.stop()
     return dict(verdict=verdict, lower=lower, upper=upper, stage=stage, witness=witness, exact_witness=exact_witness,
                 cert_support=cert_support, cert_weights=cert_weights, cert_rational=cert_rational, seconds=seconds)
+
+
+def _float_at_least(value) -> float:
+    """The smallest float64 >= an exact rational (``float`` rounds to nearest)."""
+    approx = float(value)
+    return approx if Fraction(approx) >= value else float(np.nextafter(approx, np.inf))
 
 
 def _compact_rows(table: np.ndarray, rows: np.ndarray, *, block: int = 4096) -> np.ndarray:
