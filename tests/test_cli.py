@@ -134,7 +134,8 @@ def test_argparse_errors_exit_2(capsys):
                  ["check", "h.npz", "--bias", "b", "--no-bias"], ["check", "h.npz", "--chunk-size", "many"],
                  ["verify", "somewhere"]):
         assert main(argv) == 2, argv
-        assert "usage:" in capsys.readouterr().err
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "error:" in err[0] and "--help" in err[0], (argv, err)
     assert main(["--version"]) == 0
     assert "unargmax_jax" in capsys.readouterr().out
     assert main(["check", "--help"]) == 0
@@ -409,3 +410,27 @@ def test_compile_cache_directory_is_filled_and_reused(tmp_path):
                            "--quiet"], env={**env, "XDG_CACHE_HOME": str(home)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and not (home / "unargmax_jax").exists()
+
+
+def test_usage_errors_are_one_line(capsys):
+    assert main(["check", "--example", "--bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("unargmax: error: unrecognized arguments: --bogus"), err
+    assert main(["check", "--example", "--chunk-size"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--chunk-size: expected one argument" in err[0], err
+
+
+def test_a_closed_stdout_pipe_still_writes_the_report(tmp_path):
+    # Regression: `unargmax check ... | head` ended in a BrokenPipeError traceback and no report.
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(out), "--quiet",
+                             "--verify"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert (out / "report.json").exists() and (out / "certificates.npz").exists()

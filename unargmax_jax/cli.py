@@ -29,8 +29,48 @@ class UsageError(Exception):
     """Bad input or usage: reported as one line with exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (the default prints the usage first)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _PipeSafeStdout:
+    """stdout that survives its reader going away (``unargmax check ... | head``): the run
+    goes on and writes its report; later output is discarded, as Python's docs advise, by
+    pointing file descriptor 1 at /dev/null so the interpreter's final flush is quiet too."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._broken = False
+
+    def _guard(self, call, *args):
+        if self._broken:
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self._broken = True
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            except (OSError, ValueError, AttributeError):  # no real descriptor (e.g. captured)
+                pass
+            return None
+
+    def write(self, text):
+        self._guard(self._stream.write, text)
+        return len(text)
+
+    def flush(self):
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unargmax",
+    parser = _Parser(prog="unargmax",
                                      description="Which tokens of a softmax head can be the argmax, with proofs.")
     parser.add_argument("--version", action="version", version=f"unargmax_jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{check,verify,survey}")
@@ -399,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: usage errors (2), --help and --version (0)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    stdout, sys.stdout = sys.stdout, _PipeSafeStdout(sys.stdout)
     try:
         if args.command in ("check", "survey"):
             _use_compile_cache(args.compile_cache)
@@ -413,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         print("unargmax: interrupted; run the same command again to resume from the last saved state",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":  # pragma: no cover
