@@ -184,6 +184,18 @@ def test_bad_norm_domains_are_refused():
         ua.check(W, None, ua.NormOutput("rmsnorm", 1.0, np.array([0.0, np.nan, 0.0])))
 
 
+def test_beta_none_means_no_shift():
+    # load_head reports an RMSNorm's beta as None; NormOutput(kind, gamma, None) must work
+    # and equal beta = 0 (it raised "beta must be finite").
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(40, 3)).astype(np.float32)
+    gamma = rng.uniform(0.5, 2.0, size=3)
+    with_none = ua.check(W, None, ua.NormOutput("rmsnorm", gamma, None))
+    with_zero = ua.check(W, None, ua.NormOutput("rmsnorm", gamma, 0.0))
+    assert np.array_equal(with_none.verdict, with_zero.verdict)
+    assert ua.verify(with_none, W, None).ok
+
+
 def test_cli_domain_from_the_checkpoint_norm(tmp_path, capsys):
     W, b, gamma, beta = planted_head(4, 20, seed=11)
     directory = tmp_path / "ckpt"

@@ -47,7 +47,8 @@ class NormOutput(NamedTuple):
     RMSNorm gives every n with :math:`\|n\|_2 < \sqrt d` (the norm's epsilon keeps it
     below, and every smaller radius is reached by scaling the input); LayerNorm gives the
     same n restricted to :math:`\mathbf 1^T n = 0`. ``kind`` is ``"layernorm"`` or
-    ``"rmsnorm"``; ``gamma`` and ``beta`` are scalars or ``(d,)`` arrays.
+    ``"rmsnorm"``; ``gamma`` and ``beta`` are scalars or ``(d,)`` arrays (``beta`` None
+    means no shift, as ``load_head`` reports for RMSNorm).
     """
 
     kind: str = "rmsnorm"
@@ -100,7 +101,9 @@ def validate(domain: Domain, dim: int) -> Domain:
             raise ValueError(f"NormOutput.kind must be one of {NORM_KINDS}, got {domain.kind!r}")
         params = []
         for name in ("gamma", "beta"):
-            arr = _check_finite(name, getattr(domain, name))
+            value = getattr(domain, name)
+            # beta None: a norm without a shift (RMSNorm; FinalNorm.beta is None for it).
+            arr = _check_finite(name, 0.0 if name == "beta" and value is None else value)
             if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != dim):
                 raise ValueError(f"NormOutput.{name} must be a scalar or have shape ({dim},), got shape {arr.shape}")
             params.append(np.broadcast_to(arr, (dim,)).copy())
