@@ -355,7 +355,10 @@ class _NpzFile(_Format):
         try:
             self._archive = np.load(path, allow_pickle=False)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError) as err:
-            raise HeadError(f"{path}: not a readable .npz file ({err})") from None
+            # NumPy reads a file that is neither a zip nor an .npy header as a pickle and,
+            # refused, suggests allow_pickle=True: never repeat that advice.
+            why = "neither a zip archive of .npy arrays nor an .npy array" if "allow_pickle" in str(err) else err
+            raise HeadError(f"{path}: not a readable .npz file ({why})") from None
         if not isinstance(self._archive, np.lib.npyio.NpzFile):  # a bare .npy renamed .npz
             raise HeadError(f"{path}: not a readable .npz file (a single .npy array, not an archive)")
         self.entries = {name: self._header(name) for name in self._archive.files}
