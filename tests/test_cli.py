@@ -386,6 +386,10 @@ def test_ceiling_flag(tmp_path, capsys):
     assert main(["verify", str(out), "--weights", str(example_head_path())]) == 0
     assert main(["check", "--example", "--ceiling", "--domain", "free", "--out", str(tmp_path / "f")]) == 2
     assert "--ceiling needs a bounded --domain" in capsys.readouterr().err
+    assert main(["check", "--example", "--ceiling-steps", "5", "--out", str(tmp_path / "g")]) == 2
+    assert "--ceiling-steps applies only with --ceiling" in capsys.readouterr().err
+    assert main(["check", "--example", "--ceiling", "--ceiling-steps", "0", "--out", str(tmp_path / "h")]) == 2
+    assert not (tmp_path / "g").exists() and not (tmp_path / "h").exists()
 
 
 def test_compile_cache_directory_is_filled_and_reused(tmp_path):

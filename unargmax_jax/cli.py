@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--ceiling", action="store_true",
                        help="also prove bounds on each checked token's largest softmax probability on the domain "
                             "(costs about --ceiling-steps passes over the head per token; combine with --tokens)")
-    check.add_argument("--ceiling-steps", type=int, default=300, help="ascent steps per token for --ceiling (default 300)")
+    check.add_argument("--ceiling-steps", type=int, default=None,
+                       help="ascent steps per token for --ceiling (default 300)")
     check.add_argument("--fail-on", choices=["unargmaxable", "undecided"], action="append", default=[],
                        help="exit 1 if any token has this verdict (repeatable)")
     check.add_argument("--verify", action="store_true", help="re-check the evidence independently afterwards")
@@ -170,6 +171,10 @@ def _check_options(args) -> None:
         raise UsageError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
     if args.max_seconds is not None and not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
         raise UsageError(f"--max-seconds: expected a finite number >= 0, got {args.max_seconds}")
+    if args.command == "check" and args.ceiling_steps is not None and not args.ceiling:
+        raise UsageError("--ceiling-steps applies only with --ceiling")
+    if args.command == "check" and args.ceiling_steps is None:
+        args.ceiling_steps = 300
     if args.command == "check" and args.ceiling_steps <= 0:
         raise UsageError(f"--ceiling-steps: expected a positive integer, got {args.ceiling_steps}")
     if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
