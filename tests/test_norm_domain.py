@@ -217,3 +217,23 @@ def test_cli_domain_from_the_checkpoint_norm(tmp_path, capsys):
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "--domain rmsnorm needs the final norm" in err and not (tmp_path / "o2" / "report.json").exists()
+
+
+def test_small_positive_margins_on_a_norm_ball_get_witnesses():
+    # Regression (found by a new-user pass): without a bias PDHG used to stop after two
+    # rounds and leave margin-0 candidates to the exact stage, which makes witnesses only
+    # on boxes; on a norm ball, tokens with small positive margins stayed undecided (2 of
+    # 1200 on this seeded head). Truth: qhull vertices of the gamma-scaled rows (general
+    # position: no duplicates or midpoints planted here).
+    from helpers import hull_vertices_argmaxable
+
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(1200, 8)).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, size=8).astype(np.float32)
+    report = ua.check(W, None, ua.NormOutput("rmsnorm", gamma, None))
+    truth = hull_vertices_argmaxable(W.astype(np.float64) * gamma)
+    decided = report.verdict != 0
+    assert np.array_equal(report.verdict[decided] == 1, truth[decided])
+    assert np.sum(~decided) <= 1, np.flatnonzero(~decided)
+    assert np.all(report.lower[~decided] <= 0) and np.all(report.upper[~decided] > 0)
+    assert ua.verify(report, W, None).ok

@@ -730,11 +730,14 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
     queue = [int(i) for i in started[0]] if started else []
     total = len(queue)
     # Without a bias and with 0 inside X, x = 0 shows m* >= 0: no float certificate can
-    # exist, so the exact stage (if d allows it) takes over after a short PDHG run.
+    # exist, so the exact stage (if d allows it) takes over after a short PDHG run. Only
+    # on a box, though: the exact stage makes witnesses only there, so on a ball a token
+    # with a small positive margin needs PDHG's whole budget to find one (a token whose
+    # margin is 0 still leaves PDHG early, once it has converged).
     zero_floor = b is None and _contains_origin(domain)
     exact_available = d <= settings.rational_max_dim
     budget_per_token = settings.pdhg_iterations
-    if zero_floor and exact_available:
+    if zero_floor and exact_available and isinstance(domain, dom.Box):
         budget_per_token = min(budget_per_token, 2 * settings.pdhg_round_iterations)
     state_of: dict[int, tuple] = {}
     used = np.zeros(U, np.int64)
