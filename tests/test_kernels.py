@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from unargmax_jax import bounds, domains as dom, pdhg, screen
+from unargmax_jax import bounds, domains as dom
+from unargmax_jax.solve import pdhg, screen
 
 SETTINGS = settings(deadline=None, max_examples=40, derandomize=True)
 

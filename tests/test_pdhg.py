@@ -11,7 +11,8 @@ from helpers import highs_margins, small_heads
 from hypothesis import example, given, settings
 
 import unargmax_jax as ua
-from unargmax_jax import bounds, exact, pdhg
+from unargmax_jax import bounds, exact
+from unargmax_jax.solve import pdhg
 from unargmax_jax import domains as dom
 
 TOLERANCE = 1e-5  # relative duality gap at which the solver reports CONVERGED (float32)

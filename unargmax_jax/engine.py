@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import ascent as ascent_mod
-from . import bounds, pdhg, rational, screen
+from .solve import ascent as ascent_mod
+from . import bounds
+from .solve import pdhg, rational, screen
 from ._memory import return_freed_memory
 from ._warmup import Warmup
 from . import domains as dom

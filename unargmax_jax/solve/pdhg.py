@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from ._shapes import Array, Float, Int
+from .._shapes import Array, Float, Int
 
-from . import bounds
-from . import domains as dom
+from .. import bounds
+from .. import domains as dom
 
 RUNNING, POSITIVE, NEGATIVE, CONVERGED = 0, 1, 2, 3
 """Per-token status: hit the iteration cap / margin on S proved > 0 / < 0 in floats /

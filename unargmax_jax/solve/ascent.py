@@ -16,10 +16,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from ._shapes import Array, Float
+from .._shapes import Array, Float
 
-from . import bounds
-from . import domains as dom
+from .. import bounds
+from .. import domains as dom
 
 
 class AscentResult(NamedTuple):

@@ -16,10 +16,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ._shapes import Array, Float, Int
+from .._shapes import Array, Float, Int
 
-from . import bounds
-from . import domains as dom
+from .. import bounds
+from .. import domains as dom
 
 
 def whitening(W, *, block: int = 2048, ridge: float = 1e-3):

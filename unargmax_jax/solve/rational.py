@@ -23,7 +23,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from . import domains as dom
+from .. import domains as dom
 
 
 class RationalVerdict(NamedTuple):

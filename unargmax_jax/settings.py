@@ -1,0 +1,87 @@
+"""The configuration of a check: every knob in one documented, immutable record.
+
+Build it once (``Settings(...)`` or :func:`settings_from`) and pass it down; the engine
+derives batch sizes, tolerances and budgets from it in one place
+(:func:`unargmax_jax.solve.context.make_context`). ``check(W, b, **options)`` accepts the
+fields as keywords too, for compatibility.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+TIES = ("strict", "first")
+
+
+class Settings(NamedTuple):
+    """How a check runs. Results depend on these fields only (and on the head and domain).
+
+    Attributes:
+        ties: ``"strict"``: an exact duplicate row (and bias) is unargmaxable; ``"first"``:
+            the lowest id of a tied group can win, as ``jnp.argmax`` breaks ties.
+        seed: PRNG seed of the screen's random starting points.
+        chunk_size: tokens per batch of the screen (ascent and PDHG batches are capped
+            further by memory).
+        competitors: size k of each token's competitor set in ascent and PDHG; 0 picks
+            ``max(32, 2 (d + 1))``, capped by C - 1 and 1024.
+        braid_steps: braid-reflect steps (Grivas et al., 2022) after the second screening
+            pass; 0 skips them.
+        ascent_steps: optax steps of smoothed-margin ascent per token.
+        pdhg_iterations: PDHG iterations per token, in total over its rounds.
+        pdhg_round_iterations: PDHG iterations between competitor-set refreshes.
+        pdhg_adaptive_step: PDLP's adaptive step size instead of a fixed one (see
+            :func:`unargmax_jax.solve.pdhg.solve`).
+        rational_max_dim: the exact rational stage runs only when d is at most this.
+        rational_seconds: time limit of the exact rational stage, for all its tokens.
+        free_box_radius: on ``Free`` with a bias, margins are solved (and reported) on the
+            box of this radius.
+        max_seconds: stop starting new work after this long (None: no limit); the rest
+            stays undecided.
+        shard: split each batch's tokens across all local devices.
+        checkpoint_seconds: with a checkpoint file, how often the screen saves it.
+        half_witnesses: keep witnesses as float16 points where the domain allows it (a box
+            with float16 bounds): the witness table is then half the head's float32 size.
+        background_compile: compile the later stages' kernels on a second thread while a
+            large head's first screening pass runs; results do not depend on it.
+    """
+
+    ties: str = "strict"
+    seed: int = 0
+    chunk_size: int = 128
+    competitors: int = 0
+    braid_steps: int = 0
+    ascent_steps: int = 300
+    pdhg_iterations: int = 8192
+    pdhg_round_iterations: int = 512
+    pdhg_adaptive_step: bool = False
+    rational_max_dim: int = 64
+    rational_seconds: float = 60.0
+    free_box_radius: float = 1e4
+    max_seconds: float | None = None
+    shard: bool = True
+    checkpoint_seconds: float = 30.0
+    half_witnesses: bool = True
+    background_compile: bool = True
+
+
+# Fields that change how long a run takes or how it is scheduled, never its results: a
+# checkpoint saved under other values of these is still resumed.
+SCHEDULING_FIELDS = ("max_seconds", "checkpoint_seconds", "background_compile")
+
+
+def settings_from(settings: Settings | None = None, **options) -> Settings:
+    """``settings`` (default ``Settings()``) with ``options`` replacing fields, validated.
+
+    Raises:
+        TypeError: an option that is not a field.
+        ValueError: a field with a value outside its range.
+    """
+    unknown = set(options) - set(Settings._fields)
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; expected some of {list(Settings._fields)}")
+    settings = (settings or Settings())._replace(**options)
+    if settings.ties not in TIES:
+        raise ValueError(f"ties must be 'strict' or 'first', got {settings.ties!r}")
+    if not (isinstance(settings.chunk_size, int) and settings.chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive int, got {settings.chunk_size!r}")
+    return settings
