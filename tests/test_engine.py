@@ -214,13 +214,13 @@ def test_aligned_copies_only_when_needed(rows, cols, shift):
 def test_an_aligned_head_is_not_copied_to_the_cpu_device():
     import jax
 
-    from unargmax_jax.engine import _on_device
+    from unargmax_jax.solve.context import on_device
     from unargmax_jax.heads import aligned
 
     if jax.devices()[0].platform != "cpu":
         pytest.skip("host aliasing is a CPU property")
     W = aligned(np.ones((64, 8), np.float32))
-    device = _on_device(W, np.float32)
+    device = on_device(W, np.float32)
     W[3, 2] = 5.0  # visible through the device array: it is the same memory
     assert float(device[3, 2]) == 5.0
 

@@ -157,7 +157,7 @@ def test_float64_mode_in_a_subprocess(tmp_path):
         "import numpy as np, unargmax_jax as ua\n"
         "rng = np.random.default_rng(17); W = rng.normal(size=(400, 3)); b = rng.normal(size=400)\n"
         "r = ua.check(W, b); assert ua.verify(r, W, b).ok\n"
-        "from unargmax_jax.engine import _device_dtype; assert _device_dtype() == jax.numpy.float64\n"
+        "from unargmax_jax.solve.context import device_dtype; assert device_dtype() == jax.numpy.float64\n"
         "np.save(%r, r.verdict)\n" % str(tmp_path / "v.npy")
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -130,7 +130,7 @@ def ceilings(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, tokens=N
     Returns:
         :class:`Ceilings` with ``log_lower <= log p_i^* <= log_upper``.
     """
-    from .engine import _device_dtype, _domain_on_device
+    from .solve.context import device_dtype, domain_on_device
     from .heads import validate_head
 
     W_np, b_np = validate_head(W, b)
@@ -143,10 +143,10 @@ def ceilings(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, tokens=N
     ids = np.arange(C) if tokens is None else np.asarray(tokens, np.int64).reshape(-1)
     if ids.size == 0 or ids.min() < 0 or ids.max() >= C:
         raise ValueError(f"tokens: expected ids in 0..{C - 1}")
-    dtype = _device_dtype()
+    dtype = device_dtype()
     Wd = jnp.asarray(W_np, dtype)
     bd = jnp.asarray(np.zeros(C) if b_np is None else b_np, dtype)
-    ddomain = _domain_on_device(domain, dtype)
+    ddomain = domain_on_device(domain, dtype)
     if starts is None:
         starts = np.asarray(dom.project(ddomain, jnp.asarray(W_np[ids], dtype) * dom.extent(ddomain) /
                                         jnp.maximum(jnp.max(jnp.abs(jnp.asarray(W_np[ids], dtype)), axis=1, keepdims=True), 1e-30)))

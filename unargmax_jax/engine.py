@@ -34,6 +34,9 @@ from ._memory import return_freed_memory
 from ._warmup import Warmup
 from . import domains as dom
 from .report import Report, head_sha256
+from .settings import SCHEDULING_FIELDS, Settings, settings_from
+from .solve.context import device_dtype, domain_on_device, on_device
+from .twins import find_twins
 
 STAGES = ("screen", "ascent", "pdhg", "rational")
 SKIPPED = 2  # the report's verdict code for a token the user did not select
@@ -41,30 +44,6 @@ SKIPPED = 2  # the report's verdict code for a token the user did not select
 # core) compiling the later stages in the background would not overlap anything.
 WARMUP_MIN_FLOPS = 2e11
 TRIM_INTERVAL = 0.1  # seconds between heap trims inside a stage's loop
-
-
-class Settings(NamedTuple):
-    ties: str = "strict"
-    seed: int = 0
-    chunk_size: int = 128
-    competitors: int = 0  # 0: automatic, max(32, 2 (d + 1)) capped by C - 1
-    braid_steps: int = 0
-    ascent_steps: int = 300
-    pdhg_iterations: int = 8192  # per token, in total
-    pdhg_round_iterations: int = 512  # between competitor refreshes
-    pdhg_adaptive_step: bool = False  # PDLP's adaptive step size (see pdhg.solve)
-    rational_max_dim: int = 64
-    rational_seconds: float = 60.0
-    free_box_radius: float = 1e4
-    max_seconds: float | None = None
-    shard: bool = True  # split each batch's tokens across all local devices
-    checkpoint_seconds: float = 30.0  # with a checkpoint file: how often screening saves it
-    # Keep witnesses as float16 points where the domain allows it (see _half_witnesses):
-    # the witness table is then half the head's float32 size instead of all of it.
-    half_witnesses: bool = True
-    # Compile the later stages' kernels on a background thread while a large head's first
-    # screening pass runs (see _warmup); results do not depend on it.
-    background_compile: bool = True
 
 
 class _Progress:
@@ -108,44 +87,6 @@ class _Progress:
             sys.stderr.flush()
 
 
-def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Group bit-identical (row, bias) pairs.
-
-    Returns ``(representative, inverse)``: ``representative[u]`` is the lowest token id
-    of unique row u, and ``inverse[i]`` the unique row of token i. Rows are hashed block
-    by block in their own dtype (no copy of W is made) and every hash match is confirmed
-    exactly.
-    """
-    C = W.shape[0]
-    inverse = np.empty(C, np.int64)
-    representative: list[int] = []
-    seen: dict[bytes, list[int]] = {}  # digest -> unique rows with that digest
-
-    def canonical(start, stop):
-        # +0 folds -0.0 into 0.0, which gives equal logits.
-        rows = np.asarray(W[start:stop]) + W.dtype.type(0)
-        bias = None if b is None else np.asarray(b[start:stop]) + b.dtype.type(0)
-        return rows, bias
-
-    for start in range(0, C, block):
-        rows, bias = canonical(start, min(C, start + block))
-        for r, row in enumerate(rows):
-            key = row.tobytes() + (bias[r].tobytes() if b is not None else b"")
-            digest = hashlib.blake2b(key, digest_size=16).digest()
-            match = None
-            for u in seen.get(digest, ()):
-                other, other_bias = canonical(representative[u], representative[u] + 1)
-                if np.array_equal(other[0], row) and (b is None or other_bias[0] == bias[r]):
-                    match = u
-                    break
-            if match is None:
-                match = len(representative)
-                representative.append(start + r)
-                seen.setdefault(digest, []).append(match)
-            inverse[start + r] = match
-    return np.asarray(representative, np.int64), inverse
-
-
 def _half_witnesses(domain: dom.Domain, dtype) -> bool:
     """Whether witnesses can be kept as float16 points: float32 work on a box whose bounds
     are float16 numbers. Rounding to nearest is monotone, so it maps [lo, hi] into itself
@@ -161,37 +102,6 @@ def _contains_origin(domain: dom.Domain) -> bool:
     if isinstance(domain, dom.Box):
         return bool(np.all(np.asarray(domain.lo) <= 0) and np.all(np.asarray(domain.hi) >= 0))
     return bool(np.linalg.norm(np.asarray(domain.center)) <= float(domain.radius))
-
-
-def _device_dtype():
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-
-
-def _on_device(W: np.ndarray, dtype) -> jax.Array:
-    """W on the default device; on CPU an aligned array of the right dtype is used in
-    place (``may_alias``), so a large head is not held twice."""
-    if W.dtype == np.dtype(dtype) and W.flags.c_contiguous and W.ctypes.data % 64 == 0:
-        return jax.device_put(W, may_alias=True)
-    return jnp.asarray(W, dtype)
-
-
-def _domain_on_device(domain: dom.Domain, dtype) -> dom.Domain:
-    """The domain in the working dtype, rounded inwards so that every point the solver
-    projects onto it lies in the user's (float64) domain; certificates absorb the
-    difference in their rounding pad."""
-    np_dtype = np.dtype(jnp.dtype(dtype).name)
-    if isinstance(domain, dom.Box):
-        lo = np.asarray(domain.lo, np.float64)
-        hi = np.asarray(domain.hi, np.float64)
-        lo_d = np.asarray(lo, np_dtype)
-        hi_d = np.asarray(hi, np_dtype)
-        lo_d = np.where(lo_d.astype(np.float64) < lo, np.nextafter(lo_d, np_dtype.type(np.inf)), lo_d)
-        hi_d = np.where(hi_d.astype(np.float64) > hi, np.nextafter(hi_d, np_dtype.type(-np.inf)), hi_d)
-        return dom.Box(jnp.asarray(lo_d, dtype), jnp.asarray(hi_d, dtype))
-    centre = np.asarray(domain.center, np.float64)
-    radius = float(domain.radius)
-    slack = 16 * float(np.finfo(np_dtype).eps) * (radius + float(np.linalg.norm(centre)))
-    return dom.Ball(jnp.asarray(centre, dtype), jnp.asarray(max(radius - slack, 0.0), dtype))
 
 
 class _Head(NamedTuple):
@@ -365,13 +275,14 @@ def check(
     b=None,
     domain: dom.Domain = dom.Box(-100.0, 100.0),
     *,
-    ties: str = "strict",
-    seed: int = 0,
-    chunk_size: int = 128,
+    ties: str | None = None,
+    seed: int | None = None,
+    chunk_size: int | None = None,
     max_seconds: float | None = None,
     progress: bool = False,
     tokens=None,
     checkpoint=None,
+    settings: Settings | None = None,
     **options,
 ) -> Report:
     """Decide, with proof, whether each token of the head ``z = W x + b`` can be the argmax on X.
@@ -391,7 +302,10 @@ def check(
         checkpoint: a file for partial state (see :mod:`unargmax_jax.resume`): saved as
             the run goes, and resumed from when it holds a run of the same head,
             settings, domain and selection. The caller deletes it when done.
-        **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_iterations``, ...).
+        settings: a :class:`~unargmax_jax.settings.Settings`; ``ties``, ``seed``,
+            ``chunk_size``, ``max_seconds`` and ``options`` given here replace its fields.
+        **options: further :class:`Settings` fields (``ascent_steps``, ``pdhg_iterations``, ...),
+            kept for compatibility: prefer ``settings``.
 
     Returns:
         A :class:`~unargmax_jax.report.Report` with a verdict, proved bounds and evidence
@@ -403,14 +317,9 @@ def check(
     W_np, b_np = validate_head(W, b)
     if not isinstance(domain, (dom.Box, dom.Ball, dom.Free, dom.NormOutput)):
         raise TypeError(f"domain must be Box, Ball, Free or NormOutput, got {type(domain).__name__}")
-    if ties not in ("strict", "first"):
-        raise ValueError(f"ties must be 'strict' or 'first', got {ties!r}")
-    unknown = set(options) - set(Settings._fields)
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; expected some of {list(Settings._fields)}")
-    if not (isinstance(chunk_size, int) and chunk_size > 0):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    settings = Settings(ties=ties, seed=seed, chunk_size=chunk_size, max_seconds=max_seconds, **options)
+    settings = settings_from(settings, **_explicit(ties=ties, seed=seed, chunk_size=chunk_size,
+                                                   max_seconds=max_seconds), **options)
+    max_seconds = settings.max_seconds
     C, d = W_np.shape
     user_domain = dom.validate(domain, d)
     stored = W_np, b_np  # the report and any checkpoint name the head as stored
@@ -434,7 +343,7 @@ def check(
     representative, inverse = find_twins(W_np, b_np)
     n_unique = representative.size
     tied = np.bincount(inverse, minlength=n_unique)[inverse] > 1
-    if ties == "strict" or n_unique == C:
+    if settings.ties == "strict" or n_unique == C:
         # Solve on W itself (no copy). Every member of a strict tie is unargmaxable whatever
         # its row's own margin, so tied rows are not solved; as competitors of the other
         # tokens a duplicate row changes nothing.
@@ -454,7 +363,7 @@ def check(
 
         identity = hashlib.sha256()
         identity.update(head_sha256(*stored).encode())
-        run_settings = {k: v for k, v in settings._asdict().items() if k not in ("max_seconds", "checkpoint_seconds", "background_compile")}
+        run_settings = {k: v for k, v in settings._asdict().items() if k not in SCHEDULING_FIELDS}
         identity.update(json.dumps([run_settings, dom.to_json(user_domain), dom.to_json(solve_domain)], sort_keys=True,
                                    default=str).encode())
         identity.update(np.packbits(wanted).tobytes())
@@ -477,6 +386,11 @@ def check(
         report.notes.append(f"{user_domain.kind} output domain: solved on ||n|| <= sqrt(d) in the norm's coordinates; "
                             f"each witness is n{centred}, the feature vector is gamma * n + beta")
     return report
+
+
+def _explicit(**values) -> dict:
+    """The keyword arguments the caller gave (None: not given, the settings' value stands)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _selected_mask(tokens, C: int) -> np.ndarray:
@@ -504,7 +418,7 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
                   checkpoint=None):
     """Run the stages on the ``wanted`` rows (never a row with a bit-identical twin); returns per-row evidence."""
     U, d = W.shape
-    dtype = _device_dtype()
+    dtype = device_dtype()
     # Rows nobody asked about start with a verdict no stage treats as pending.
     verdict = np.where(wanted, 0, SKIPPED).astype(np.int8)
     lower = np.full(U, -np.inf)
@@ -528,11 +442,11 @@ def _solve_unique(W, b, domain, settings: Settings, deadline, reporter, wanted, 
 
     place = _Placement(settings.shard)
     mean, precision = screen.whitening(W)
-    W_device = _on_device(W, dtype)
+    W_device = on_device(W, dtype)
     head = _Head(W_device, jnp.asarray(np.zeros(U) if b is None else b, dtype),
                  jnp.linalg.norm(W_device, axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
     head = place.replicate(head)
-    ddomain = place.replicate(_domain_on_device(domain, dtype))
+    ddomain = place.replicate(domain_on_device(domain, dtype))
     k = settings.competitors or max(32, 2 * (d + 1))
     k = int(min(k, U - 1, 1024))
     B = place.batch(int(min(settings.chunk_size, U)))

@@ -26,7 +26,9 @@ import numpy as np
 
 from . import bounds
 from . import domains as dom
-from .engine import _device_dtype, _domain_on_device, check, find_twins
+from .engine import check
+from .solve.context import device_dtype, domain_on_device
+from .twins import find_twins
 from .report import Report, head_sha256
 
 _REL_PAD = 1e-9  # relative pad on the float64 perturbation bound (its own rounding is ~d * 1e-16)
@@ -72,9 +74,9 @@ def _reusable_certificates(previous: Report, W, b, domain, exclude):
         start, stop = offsets[r], offsets[r + 1]
         support[n, : stop - start] = previous.certificate_support[start:stop]
         weights[n, : stop - start] = previous.certificate_weights[start:stop]
-    dtype = _device_dtype()
+    dtype = device_dtype()
     upper = np.asarray(_certificate_upper(jnp.asarray(W, dtype), jnp.asarray(np.zeros(W.shape[0]) if b is None else b, dtype),
-                                          _domain_on_device(domain, dtype), jnp.asarray(ids), jnp.asarray(support),
+                                          domain_on_device(domain, dtype), jnp.asarray(ids), jnp.asarray(support),
                                           jnp.asarray(weights, dtype)), np.float64)
     for n, r in enumerate(rows):
         if upper[n] <= 0:
