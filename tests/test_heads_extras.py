@@ -11,7 +11,7 @@ from flax.serialization import msgpack_serialize
 from safetensors.numpy import save_file
 
 from unargmax_jax.heads import HeadError, head_from_flax, load_head
-from unargmax_jax.vocab import read_vocabulary
+from unargmax_jax.heads.vocab import read_vocabulary
 
 
 def _safetensors_dir(tmp_path, tensors, **files):

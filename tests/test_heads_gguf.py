@@ -77,9 +77,9 @@ def test_output_weight_with_bias_and_f16_upcast(gguf, tmp_path):
 
 
 def test_tied_q8_0_embedding(gguf, tmp_path, monkeypatch):
-    from unargmax_jax import heads
+    from unargmax_jax.heads import formats
 
-    monkeypatch.setattr(heads, "_CHUNK_ELEMENTS", 64)  # dequantise two rows at a time
+    monkeypatch.setattr(formats, "_CHUNK_ELEMENTS", 64)  # dequantise two rows at a time
     C, d = 7, 32  # Q8_0 blocks hold 32 values
     E = rng.normal(size=(C, d)).astype(np.float32)
     path = write_gguf(gguf, tmp_path / "tied.gguf", {"token_embd.weight": (E, gguf.GGMLQuantizationType.Q8_0)}, tokens(C))

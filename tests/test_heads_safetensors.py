@@ -146,7 +146,7 @@ def test_overrides(tmp_path):
 
 # ----------------------------------------------------------------------- dtypes
 def test_half_precision_and_float8_upcast_exactly(tmp_path, monkeypatch):
-    monkeypatch.setattr(heads, "_CHUNK_ELEMENTS", 5)  # several blocks of rows per tensor
+    monkeypatch.setattr(heads.formats, "_CHUNK_ELEMENTS", 5)  # several blocks of rows per tensor
     W = normal(13, 3)
     half = W.astype(np.float16)
     save_file({"lm_head.weight": half}, str(tmp_path / "f16.safetensors"))

@@ -1,0 +1,114 @@
+"""llama.cpp ``.gguf`` files, through the optional ``gguf`` package (``pip install 'unargmax_jax[gguf]'``).
+
+Tensors are dequantised with ``gguf.quants.dequantize`` a block of rows at a time. GGUF
+lists dimensions fastest first, so a head stored as ``[d, C]`` is read as C x d; the rows
+are checked against the vocabulary size (``tokenizer.ggml.tokens``) when the file has one.
+
+(``import gguf`` below is the third-party package: imports are absolute.)
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import numpy as np
+
+from . import vocab
+from .._memory import return_freed_memory
+from .formats import _Entry, _Format, _row_blocks
+from .names import GGUF_BIAS_NAMES, GGUF_WEIGHT_NAMES
+from .validate import HeadError
+
+# What a damaged GGUF file makes the gguf reader raise (it parses untrusted bytes).
+_GGUF_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, OSError)
+_GGUF_UNQUANTISED = ("F64", "I8", "I16", "I32", "I64")  # typed arrays already; gguf only converts floats
+
+
+class _GgufFile(_Format):
+    """A llama.cpp ``.gguf`` file, through the optional ``gguf`` package (memory-mapped)."""
+
+    weight_names = GGUF_WEIGHT_NAMES
+    bias_names = GGUF_BIAS_NAMES
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            import gguf
+            import gguf.quants
+        except ImportError:
+            raise HeadError(f"{path}: reading GGUF files needs the gguf package: "
+                            f"pip install 'unargmax_jax[gguf]'") from None
+        self._dequantize = gguf.quants.dequantize
+        try:
+            reader = gguf.GGUFReader(path, "r")
+            tokens = reader.get_field("tokenizer.ggml.tokens")
+            self.vocab_size = len(tokens.data) if tokens is not None else None
+        except _GGUF_READ_ERRORS as err:
+            raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        self._reader = reader
+        self._tensors = {tensor.name: tensor for tensor in reader.tensors}
+        # GGUF lists dimensions fastest first: a [d, C] head is C rows of d values.
+        self.entries = {tensor.name: _Entry(tuple(int(v) for v in reversed(tensor.shape.tolist())), None)
+                        for tensor in reader.tensors}
+
+    def read(self, name: str) -> np.ndarray:
+        tensor, shape = self._tensors[name], self.entries[name].shape
+        kind = tensor.tensor_type.name
+        if kind in _GGUF_UNQUANTISED:
+            return np.array(tensor.data).reshape(shape)
+        width = shape[-1] if shape else 1
+        rows = tensor.data.reshape(-1, tensor.data.shape[-1]) if tensor.data.ndim else tensor.data.reshape(1, 1)
+        out = np.empty((rows.shape[0], width), np.float32)
+        for start, stop in _row_blocks((rows.shape[0], width)):
+            try:
+                out[start:stop] = self._dequantize(rows[start:stop], tensor.tensor_type)
+            except NotImplementedError:
+                raise HeadError(f"{self.path}: tensor {name!r} is stored as {kind}, which the installed gguf package "
+                                f"cannot dequantise (expected F32, F16, BF16 or a type gguf.quants supports; "
+                                f"try pip install -U gguf)") from None
+            except (ValueError, TypeError) as err:
+                raise HeadError(f"{self.path}: tensor {name!r} ({kind}, shape {shape}) is unreadable ({err})") from None
+        return out.reshape(shape)
+
+    def vocabulary(self) -> tuple[list | None, str | None]:
+        tokens = vocab.gguf_tokens(self._reader)
+        return (tokens, f"{self.path} (tokenizer.ggml.tokens)") if tokens else (None, None)
+
+    def _scalar(self, key: str):
+        field = self._reader.get_field(key)
+        if field is None or not len(field.data):
+            return None
+        value = field.parts[field.data[0]]
+        if key == "general.architecture":
+            return bytes(value).decode("utf-8", errors="replace")
+        return float(value[0]) if len(value) == 1 else None
+
+    def norm_eps(self) -> float | None:
+        try:
+            arch = self._scalar("general.architecture")
+            for key in ("layer_norm_rms_epsilon", "layer_norm_epsilon"):
+                value = self._scalar(f"{arch}.attention.{key}") if arch else None
+                if value is not None:
+                    return value
+        except _GGUF_READ_ERRORS:
+            pass
+        return None
+
+    def close(self) -> None:
+        # The reader holds a NumPy view per metadata item (every token and merge string):
+        # for a real vocabulary that is more memory than the head. Drop it and hand the
+        # freed heap back to the OS so the check that follows does not carry it.
+        self._reader = self._tensors = None
+        gc.collect()
+        return_freed_memory()
+
+    def check_rows(self, name: str, W: np.ndarray) -> np.ndarray:
+        """A head has one row per token of ``tokenizer.ggml.tokens``, when the file lists them."""
+        count = self.vocab_size
+        if count is None or W.ndim != 2 or W.shape[0] == count:
+            return W
+        if W.shape[1] == count:  # stored the other way round
+            return W.T
+        raise HeadError(f"{self.path}: tensor {name!r}: expected {count} rows (one per token in tokenizer.ggml.tokens), "
+                        f"got shape {W.shape}")
