@@ -71,7 +71,7 @@ def run_one(path: str, out: str, max_seconds: float | None) -> dict:
     import jax.numpy as jnp
 
     from unargmax_jax import verify
-    from unargmax_jax.cli import _check_head
+    from unargmax_jax.cli import check_head
     from unargmax_jax.domains import Box
     from unargmax_jax.heads import load_head
 
@@ -84,7 +84,7 @@ def run_one(path: str, out: str, max_seconds: float | None) -> dict:
     loaded = time.monotonic() - start
     load_peak = _status_mb("VmHWM")
     _reset_peak()
-    report = _check_head(head, Box(-100.0, 100.0), _settings(max_seconds))
+    report = check_head(head, Box(-100.0, 100.0), _settings(max_seconds), progress=False)
     checked = time.monotonic() - start - loaded
     check_peak = _status_mb("VmHWM")
     report.save(out)
@@ -112,8 +112,9 @@ def run_one(path: str, out: str, max_seconds: float | None) -> dict:
 
 
 def _settings(max_seconds):
-    return argparse.Namespace(ties="strict", seed=0, chunk_size=128, max_seconds=max_seconds, quiet=True,
-                              checkpoint_seconds=30.0)
+    from unargmax_jax.settings import Settings
+
+    return Settings(max_seconds=max_seconds)
 
 
 def run_random(C: int, d: int, max_seconds: float | None = 60.0) -> dict:
@@ -124,7 +125,7 @@ def run_random(C: int, d: int, max_seconds: float | None = 60.0) -> dict:
     import numpy as np
 
     from unargmax_jax import engine
-    from unargmax_jax.cli import _check_head
+    from unargmax_jax.cli import check_head
     from unargmax_jax.domains import Box
     from unargmax_jax.heads import Head, aligned
 
@@ -140,7 +141,7 @@ def run_random(C: int, d: int, max_seconds: float | None = 60.0) -> dict:
     head = Head(W=W, b=None, weight_name="random", bias_name=None, source="random")
     _reset_peak()
     start = time.monotonic()
-    report = _check_head(head, Box(-100.0, 100.0), _settings(max_seconds))
+    report = check_head(head, Box(-100.0, 100.0), _settings(max_seconds), progress=False)
     return {"check_mb": round(_status_mb("VmHWM") - baseline, 0), "head_float32_mb": round(W.nbytes / 2**20, 1),
             "check_seconds": round(time.monotonic() - start, 1), "counts": report.counts()}
 
@@ -168,9 +169,9 @@ def _maybe_cached() -> None:
     """With --warm: JAX's persistent compilation cache, as `unargmax check` uses it."""
     cache = os.environ.get(WARM_CACHE)
     if cache:
-        from unargmax_jax.cli import _use_compile_cache
+        from unargmax_jax.cli.common import use_compile_cache
 
-        _use_compile_cache(cache)
+        use_compile_cache(cache)
 
 
 def _subprocess_json(command: list[str]) -> dict | None:

@@ -9,6 +9,7 @@ head that cannot be loaded or checked is recorded with its error and skipped.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import re
@@ -16,7 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import domains as dom
+from .. import domains as dom
+from .._files import atomic_write
+from ..heads import load_head
+from ..settings import Settings
+from .check import check_head
+from .common import EXIT_FAILED, EXIT_OK, UsageError, error, prepare_out_dir, settings_from_args, validate_options
 
 COLUMNS = ("model", "path", "classes", "dim", "bias", "argmaxable", "unargmaxable", "undecided",
            "seconds", "status", "unargmaxable_tokens")
@@ -89,45 +95,47 @@ def survey_markdown(rows: list[dict], domain: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_survey(args) -> int:
-    """The ``survey`` command: 0 when every head was checked, 1 when some failed, 2 on bad usage."""
-    from .cli import EXIT_FAILED, EXIT_OK, UsageError, _check_head, _check_options, _error, _prepare_out_dir
-    from .heads import load_head
-    from .report import _atomic_write
-
+def _survey_one(path: Path, domain: dom.Domain, settings: Settings, report_dir: Path, *, progress: bool) -> dict:
+    """Check one head and save its report to ``report_dir``; its table row (an error is its status)."""
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(model=_model_name(path), path=str(path))
+    start = time.monotonic()
     try:
-        _check_options(args)
+        head = load_head(path)
+        dom.validate(domain, head.W.shape[1])
+        report = check_head(head, domain, settings, progress=progress)
+        report.save(report_dir)
+    except (ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
+        row.update(status="error: " + " ".join(str(err).split()), seconds=round(time.monotonic() - start, 2))
+    else:
+        counts = report.counts()
+        row.update(classes=report.head["classes"], dim=report.head["dim"],
+                   bias="yes" if report.head["has_bias"] else "no", argmaxable=counts["argmaxable"],
+                   unargmaxable=counts["unargmaxable"], undecided=counts["undecided"],
+                   seconds=round(report.seconds, 2), status="ok", unargmaxable_tokens=_token_list(report))
+    return row
+
+
+def run_survey(args: argparse.Namespace) -> int:
+    """The ``survey`` command: 0 when every head was checked, 1 when some failed, 2 on bad usage."""
+    try:
+        validate_options(args)
         domain = dom.parse(args.domain)
-        out = _prepare_out_dir(args.out)
+        out = prepare_out_dir(args.out)
         entries = read_list(Path(args.list))
+        settings = settings_from_args(args)
     except (UsageError, ValueError, OSError) as err:
-        return _error(err)
+        return error(err)
 
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for n, path in enumerate(entries, 1):
-        name = _model_name(path)
-        row = dict.fromkeys(COLUMNS, "")
-        row.update(model=name, path=str(path))
         print(f"[{n}/{len(entries)}] {path}", file=sys.stderr)
-        start = time.monotonic()
-        try:
-            head = load_head(path)
-            dom.validate(domain, head.W.shape[1])
-            report = _check_head(head, domain, args)
-            report.save(out / f"{n:03d}-{_slug(name)}")
-        except (ValueError, TypeError, OSError) as err:  # HeadError is a ValueError
-            row.update(status="error: " + " ".join(str(err).split()), seconds=round(time.monotonic() - start, 2))
-        else:
-            counts = report.counts()
-            row.update(classes=report.head["classes"], dim=report.head["dim"],
-                       bias="yes" if report.head["has_bias"] else "no", argmaxable=counts["argmaxable"],
-                       unargmaxable=counts["unargmaxable"], undecided=counts["undecided"],
-                       seconds=round(report.seconds, 2), status="ok", unargmaxable_tokens=_token_list(report))
+        row = _survey_one(path, domain, settings, out / f"{n:03d}-{_slug(_model_name(path))}", progress=not args.quiet)
         rows.append(row)
         text_csv, text_md = survey_csv(rows), survey_markdown(rows, args.domain)
-        _atomic_write(out / "survey.csv", lambda f: f.write(text_csv.encode()))
-        _atomic_write(out / "survey.md", lambda f: f.write(text_md.encode()))
+        atomic_write(out / "survey.csv", lambda f: f.write(text_csv.encode()))
+        atomic_write(out / "survey.md", lambda f: f.write(text_md.encode()))
         print(f"  {row['status'] if row['status'] != 'ok' else 'ok: ' + str(row['unargmaxable']) + ' unargmaxable'}",
               file=sys.stderr)
     failed = sum(r["status"] != "ok" for r in rows)
