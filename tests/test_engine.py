@@ -172,7 +172,7 @@ def test_bad_token_selection_is_clear():
 @given(st.lists(st.integers(0, 30), max_size=20))
 @settings(deadline=None, max_examples=50)
 def test_compact_rows_equals_fancy_indexing(picks):
-    from unargmax_jax.engine import _compact_rows
+    from unargmax_jax.assemble import compact_rows as _compact_rows
 
     table = np.arange(31 * 3, dtype=np.float32).reshape(31, 3)
     for rows in (np.array(sorted(set(picks)), np.int64), np.array(picks, np.int64)):
@@ -181,7 +181,7 @@ def test_compact_rows_equals_fancy_indexing(picks):
 
 
 def test_progress_bar_shows_after_its_delay(capsys):
-    from unargmax_jax.engine import _Progress
+    from unargmax_jax.solve.progress import Progress as _Progress
 
     quiet = _Progress(True, delay=60.0)
     quiet.update("screen", 1, 4)
@@ -233,15 +233,15 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
     # A midpoint row (margin exactly 0) sends a token through every stage.
     import jax
 
-    from unargmax_jax import engine
+    from unargmax_jax.solve import ascent, pdhg, screen, warmup, witness
 
     rng = np.random.default_rng(11)
     W = rng.normal(size=(613, 7)).astype(np.float32)  # a shape no other test compiles
     W[0] = (W[1] + W[2]) / 2
     plain = checked(W, None, background_compile=False)
-    for kernel in (engine._screen_chunk, engine._ascent_chunk, engine._pdhg_chunk, engine._top_chunk):
+    for kernel in (screen.screen_chunk, ascent.ascent_chunk, pdhg.pdhg_chunk, witness.witness_chunk):
         kernel.clear_cache()
-    monkeypatch.setattr(engine, "WARMUP_MIN_FLOPS", 0.0)
+    monkeypatch.setattr(warmup, "WARMUP_MIN_FLOPS", 0.0)
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level("WARNING"):

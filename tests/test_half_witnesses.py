@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unargmax_jax as ua
-from unargmax_jax.engine import _half_witnesses
+from unargmax_jax.solve.context import half_witnesses as _half_witnesses
 from helpers import highs_margins
 
 

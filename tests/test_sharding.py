@@ -12,10 +12,10 @@ import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
 import logging
 import numpy as np, jax, unargmax_jax as ua
-from unargmax_jax import engine
+from unargmax_jax.solve import warmup
 compiled = []  # (kernel, thread) of every ascent/PDHG compile
 if sys.argv[2] == "warm":  # the later stages compile on the background thread, as on a large head
-    engine.WARMUP_MIN_FLOPS = 0.0
+    warmup.WARMUP_MIN_FLOPS = 0.0
     class Compiles(logging.Handler):
         def emit(self, record):
             name = record.getMessage().split(" with ")[0]

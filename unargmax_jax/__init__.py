@@ -14,18 +14,16 @@ from .domains import NormOutput as NormOutput
 from .engine import check as check
 from .heads import head_from_flax as head_from_flax
 from .heads import load_head as load_head
+from .monitor import Monitor as Monitor
 from .report import Report as Report
 from .verify import verify as verify
 
 
 def __getattr__(name: str):
-    # Imported on first use: flax.linen is not needed to check a head from the command line.
+    # Imported on first use: flax.linen is not needed to check a head from the command line
+    # (importing it costs about a second).
     if name == "ArgmaxableDense":
         from .prevention import ArgmaxableDense
 
         return ArgmaxableDense
-    if name == "Monitor":
-        from .monitor import Monitor
-
-        return Monitor
     raise AttributeError(f"module 'unargmax_jax' has no attribute {name!r}")

@@ -31,6 +31,8 @@ import optax
 
 from . import domains as dom
 from .bounds import HIGHEST, gamma, tiny_pad
+from .heads import validate_head
+from .solve.context import device_dtype, domain_on_device
 
 
 class Ceilings(NamedTuple):
@@ -130,9 +132,6 @@ def ceilings(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, tokens=N
     Returns:
         :class:`Ceilings` with ``log_lower <= log p_i^* <= log_upper``.
     """
-    from .solve.context import device_dtype, domain_on_device
-    from .heads import validate_head
-
     W_np, b_np = validate_head(W, b)
     C, d = W_np.shape
     domain = dom.validate(domain, d)

@@ -1,6 +1,6 @@
 """Partial-run state on disk, so an interrupted check resumes where it stopped.
 
-The engine works in phases (``PHASES``). At the start of each phase, and every
+The engine works in phases (``verdicts.PHASES``). At the start of each phase, and every
 ``every`` seconds inside the screening passes, it saves everything it knows (verdicts,
 bounds, witnesses, certificates, competitor sets) together with the phase, the position
 in the phase's token list and that list. A later run with the same key (head sha256,
@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-PHASES = ("screen", "screen 2", "top", "ascent", "pdhg", "rational")
+from ._files import atomic_write
+from .solve.evidence import restore
+from .verdicts import DECIDED, PHASES
+
 FORMAT = "unargmax-partial/1"
 
 
@@ -49,26 +52,26 @@ class Checkpoint:
     def due(self) -> bool:
         return time.monotonic() - self.last >= self.every
 
-    def save(self, phase: str, position: int, todo: np.ndarray, state: dict) -> None:
-        from .report import _atomic_write
-
-        d = state["witness"].shape[1]
+    def save(self, phase: str, position: int, todo: np.ndarray, evidence) -> None:
+        """Save ``evidence`` (a :class:`~unargmax_jax.solve.evidence.Evidence`) at ``position`` of ``phase``."""
+        d = evidence.witness.shape[1]
         arrays = {
-            "verdict": state["verdict"], "lower": state["lower"], "upper": state["upper"],
-            "stage": np.asarray(state["stage"].tolist(), dtype=np.str_), "witness": state["witness"],
+            "verdict": evidence.verdict, "lower": evidence.lower, "upper": evidence.upper,
+            "stage": np.asarray(evidence.stage.tolist(), dtype=np.str_), "witness": evidence.witness,
             "todo": np.asarray(todo, np.int64),
-            **_pack(state["cert_support"], "cert_support", np.int64),
-            **_pack(state["cert_weights"], "cert_weights", np.float64),
-            **_pack({i: np.asarray(v, np.str_) for i, v in state["cert_rational"].items()}, "cert_rational", np.str_),
-            **_pack(state["top"], "top", np.int64),
-            **_pack(state["pdhg_support"], "pdhg_support", np.int64),
-            **_pack({i: np.asarray(x).reshape(-1) for i, x in state["exact_witness"].items()}, "exact_witness", np.float64),
+            **_pack(evidence.cert_support, "cert_support", np.int64),
+            **_pack(evidence.cert_weights, "cert_weights", np.float64),
+            **_pack({i: np.asarray(v, np.str_) for i, v in evidence.cert_rational.items()}, "cert_rational", np.str_),
+            **_pack(evidence.top, "top", np.int64),
+            **_pack(evidence.pdhg_support, "pdhg_support", np.int64),
+            **_pack({i: np.asarray(x).reshape(-1) for i, x in evidence.exact_witness.items()}, "exact_witness",
+                    np.float64),
         }
         meta = {"format": FORMAT, "key": self.key, "phase": phase, "position": int(position), "dim": int(d),
-                "seconds": {k: float(v) for k, v in state["seconds"].items()}}
+                "seconds": {k: float(v) for k, v in evidence.seconds.items()}}
         arrays["meta"] = np.asarray(json.dumps(meta))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, lambda f: np.savez(f, **arrays))
+        atomic_write(self.path, lambda f: np.savez(f, **arrays))
         self.last = time.monotonic()
 
     def load(self) -> dict | None:
@@ -98,3 +101,44 @@ class Checkpoint:
             self.path.unlink()
         except FileNotFoundError:
             pass
+
+
+class Phases:
+    """Where a run is in ``PHASES``, and the snapshot it resumes from (None: a fresh run).
+
+    Every phase starts with :meth:`begin`, which saves a snapshot (so a run cut short
+    inside the phase replays it from exactly this state) or, when resuming, skips the
+    phases the snapshot has passed and hands back the saved phase's own token list.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | None, evidence, progress):
+        self.checkpoint = checkpoint
+        self.evidence = evidence
+        self.snapshot = checkpoint.load() if checkpoint is not None else None
+        if self.snapshot is not None:
+            restore(evidence, self.snapshot)
+            decided = int(np.sum(np.isin(evidence.verdict, DECIDED)))
+            progress.note(f"resuming a partial run at {self.snapshot['phase']} ({decided} token(s) already decided)")
+
+    def begin(self, phase: str, todo: np.ndarray) -> tuple[np.ndarray, int] | None:
+        """``(tokens, first chunk)`` of a phase, or None for a phase the snapshot has passed."""
+        if self.snapshot is not None:
+            here, saved = PHASES.index(phase), PHASES.index(self.snapshot["phase"])
+            if here < saved:
+                return None
+            if here == saved:
+                todo, first, self.snapshot = self.snapshot["todo"], self.snapshot["position"], None
+                return todo, first
+        if self.checkpoint is not None:
+            self.checkpoint.save(phase, 0, todo, self.evidence)
+        return todo, 0
+
+    def todo(self, phase: str, todo: np.ndarray) -> np.ndarray:
+        """The phase's tokens, for phases that always start from their beginning."""
+        started = self.begin(phase, todo)
+        return started[0] if started else np.zeros(0, np.int64)
+
+    def save_position(self, phase: str, position: int, todo: np.ndarray) -> None:
+        """Save the run inside a phase, when the checkpoint is due."""
+        if self.checkpoint is not None and self.checkpoint.due():
+            self.checkpoint.save(phase, position, todo, self.evidence)

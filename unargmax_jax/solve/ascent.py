@@ -11,15 +11,21 @@ problem of DESIGN.md section 2, so their running average is a certificate candid
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from .._shapes import Array, Float
 
 from .. import bounds
 from .. import domains as dom
+from .._memory import TRIM_INTERVAL, return_freed_memory
+from .._shapes import Array, Float
+from ..resume import Phases
+from .context import Context, DeviceHead, chunks
+from .evidence import Evidence, pending, record_certificate, record_witness, start_points
 
 
 class AscentResult(NamedTuple):
@@ -79,3 +85,43 @@ def margin_ascent(
     _, _, best_x, best_m, weight_sum = jax.lax.fori_loop(0, steps, step, init)
     return AscentResult(best_x, best_m, weight_sum / jnp.maximum(jnp.sum(weight_sum), jnp.finfo(dtype).tiny))
 
+
+
+# ----------------------------------------------------------------------------- the stage
+def _ascent_chunk(head: DeviceHead, ids, support, x0, domain, *, steps, learning_rate, num_top):
+    """:func:`margin_ascent` for a batch of tokens against their competitor rows ``support``
+    (B, k), with the rigorous bounds of its point and of its averaged weights."""
+    solve = partial(margin_ascent, steps=steps, learning_rate=learning_rate)
+    result = jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, None))(
+        head.W[ids], head.b[ids], head.W[support], head.b[support], x0, domain)
+    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, result.weights)
+    return result.x, witness, result.weights, upper
+
+
+ascent_chunk = jax.jit(_ascent_chunk, static_argnames=("steps", "learning_rate", "num_top"))
+
+
+def batch_kernel(ctx: Context):
+    """:func:`ascent_chunk` with this run's static arguments (the warm-up compiles the same)."""
+    return partial(ascent_chunk, steps=ctx.settings.ascent_steps, learning_rate=ctx.learning_rate,
+                   num_top=ctx.competitors)
+
+
+def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
+    """Margin ascent from each pending row's best point, against its competitor set."""
+    todo = phases.todo("ascent", pending(evidence))
+    kernel = batch_kernel(ctx)
+    done = 0
+    for ids, valid in chunks(todo, ctx.hard_batch):
+        if ctx.expired():
+            break
+        support = np.stack([evidence.top[int(i)] for i in ids])
+        x, wb, weights, upper = kernel(ctx.head, ctx.place.split(ids), ctx.place.split(support),
+                                       ctx.place.split(start_points(ctx, evidence, ids), ctx.dtype),
+                                       ctx.device_domain)
+        record_witness(ctx, evidence, ids, valid, x, wb, "ascent")
+        record_certificate(ctx, evidence, ids, valid, support, weights, upper, "ascent")
+        return_freed_memory(min_interval=TRIM_INTERVAL)
+        done += valid
+        ctx.progress.update("ascent", done, todo.size)

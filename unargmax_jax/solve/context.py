@@ -1,13 +1,23 @@
 """What every stage of one check shares: the head on the device, its placement across
-devices, the derived sizes and tolerances, the deadline and the progress line."""
+devices, the derived sizes and tolerances, the deadline and the progress line.
+
+:func:`make_context` derives every size, tolerance and step from the
+:class:`~unargmax_jax.settings.Settings` and the head's shape, in one place.
+"""
 
 from __future__ import annotations
+
+import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import domains as dom
+from ..settings import Settings
+from .progress import Progress
 
 
 def device_dtype():
@@ -40,3 +50,152 @@ def domain_on_device(domain: dom.Domain, dtype) -> dom.Domain:
     radius = float(domain.radius)
     slack = 16 * float(np.finfo(np_dtype).eps) * (radius + float(np.linalg.norm(centre)))
     return dom.Ball(jnp.asarray(centre, dtype), jnp.asarray(max(radius - slack, 0.0), dtype))
+
+
+def half_witnesses(domain: dom.Domain, dtype) -> bool:
+    """Whether witnesses can be kept as float16 points: float32 work on a box whose bounds
+    are float16 numbers. Rounding to nearest is monotone, so it maps [lo, hi] into itself
+    when lo and hi are representable: a rounded point is still in the domain."""
+    if np.dtype(dtype) != np.float32 or not isinstance(domain, dom.Box):
+        return False
+    bounds = np.concatenate([np.ravel(np.asarray(domain.lo, np.float64)), np.ravel(np.asarray(domain.hi, np.float64))])
+    with np.errstate(over="ignore"):
+        return bool(np.all(np.isfinite(bounds.astype(np.float16))) and np.all(bounds.astype(np.float16) == bounds))
+
+
+class DeviceHead(NamedTuple):
+    """The head as every kernel reads it: on the device(s), in the working dtype."""
+
+    W: jax.Array
+    b: jax.Array
+    norms: jax.Array
+    mean: jax.Array  # row mean and regularised inverse row covariance (screen.whitening)
+    precision: jax.Array
+
+
+class Placement:
+    """Where arrays go: replicated (the head) or split along their first, token axis.
+
+    With several local devices each batch of tokens is split across them (W replicated);
+    every token's computation is independent, so XLA partitions the batched kernels
+    without communication. With one device this is a plain ``jnp.asarray``.
+    """
+
+    def __init__(self, shard: bool):
+        devices = jax.local_devices()
+        self.count = len(devices) if shard else 1
+        if self.count > 1:
+            mesh = Mesh(np.array(devices), ("tokens",))
+            self._split = NamedSharding(mesh, PartitionSpec("tokens"))
+            self._copy = NamedSharding(mesh, PartitionSpec())
+
+    def batch(self, size: int) -> int:
+        """``size`` rounded up to a multiple of the device count."""
+        return -(-size // self.count) * self.count
+
+    def split(self, array, dtype=None):
+        array = jnp.asarray(array, dtype)
+        return jax.device_put(array, self._split) if self.count > 1 else array
+
+    def replicate(self, tree):
+        return jax.device_put(tree, self._copy) if self.count > 1 else tree
+
+
+def chunks(ids: np.ndarray, size: int):
+    """Fixed-size chunks (the last padded by repeating its first id) with a validity mask."""
+    for start in range(0, ids.size, size):
+        part = ids[start:start + size]
+        valid = part.size
+        if valid < size:
+            part = np.concatenate([part, np.full(size - valid, part[0], part.dtype)])
+        yield part, valid
+
+
+class Context(NamedTuple):
+    """One check's fixed inputs and derived parameters, read by every stage.
+
+    Attributes:
+        settings: the run's :class:`~unargmax_jax.settings.Settings`.
+        W, b: the solved rows on the host, (U, d) and (U,) or None.
+        domain: the domain solved on, as the user's float64 values (certificates use it).
+        head: the head on the device(s); ``device_domain``: the domain in the working
+            dtype, rounded inwards.
+        place: where batches go (one device, or split over all local devices).
+        dtype: the working dtype (float32, or float64 under x64).
+        half: witnesses are stored as float16 points (see :func:`half_witnesses`).
+        competitors: k, the size of each token's competitor set.
+        batch: tokens per screening batch; ``hard_batch``: per ascent/PDHG batch, capped so
+            its (batch, k, d) blocks stay within a quarter of the head (power of two).
+        key: PRNG key of the screen's random points.
+        extent: the domain's half-widths (box) or radius, per coordinate.
+        learning_rate: ascent's step size, 5% of the largest extent.
+        tolerance, decisive: PDHG's convergence tolerance and the gap below which its
+            verdict can no longer change (both a few ulps times d).
+        deadline: ``time.monotonic()`` after which no new work starts.
+        progress: the progress line.
+        exact_certificates_only: on R^d only exact (g = 0) certificates count.
+        warmup: the background compile of the later stages (set by the engine).
+    """
+
+    settings: Settings
+    W: np.ndarray
+    b: np.ndarray | None
+    domain: dom.Domain
+    head: DeviceHead
+    device_domain: dom.Domain
+    place: Placement
+    dtype: object
+    half: bool
+    competitors: int
+    batch: int
+    hard_batch: int
+    key: jax.Array
+    extent: np.ndarray
+    learning_rate: float
+    tolerance: float
+    decisive: float
+    deadline: float
+    progress: Progress
+    exact_certificates_only: bool
+    warmup: object = None
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+def make_context(W: np.ndarray, b: np.ndarray | None, domain: dom.Domain, settings: Settings, *, whitening,
+                 deadline: float, progress: Progress, exact_certificates_only: bool) -> Context:
+    """Put the head on the device(s) and derive the run's sizes and tolerances from ``settings``.
+
+    ``whitening`` is the rows' ``(mean, precision)`` from :func:`screen.whitening`.
+    """
+    U, d = W.shape
+    dtype = device_dtype()
+    place = Placement(settings.shard)
+    mean, precision = whitening
+    W_device = on_device(W, dtype)
+    head = DeviceHead(W_device, jnp.asarray(np.zeros(U) if b is None else b, dtype),
+                      jnp.linalg.norm(W_device, axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
+    device_domain = place.replicate(domain_on_device(domain, dtype))
+    k = settings.competitors or max(32, 2 * (d + 1))
+    k = int(min(k, U - 1, 1024))
+    batch = place.batch(int(min(settings.chunk_size, U)))
+    extent = np.asarray(dom.extent(device_domain))
+    eps = float(jnp.finfo(dtype).eps)
+    return Context(
+        settings=settings, W=W, b=b, domain=domain, head=place.replicate(head), device_domain=device_domain,
+        place=place, dtype=dtype, half=settings.half_witnesses and half_witnesses(domain, dtype), competitors=k,
+        batch=batch, hard_batch=_hard_batch(W, k, batch, dtype, place), key=jax.random.PRNGKey(settings.seed),
+        extent=extent, learning_rate=float(0.05 * np.max(extent)),
+        tolerance=float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12)),
+        decisive=float(64 * (d + 4) * eps), deadline=deadline, progress=progress,
+        exact_certificates_only=exact_certificates_only)
+
+
+def _hard_batch(W: np.ndarray, k: int, batch: int, dtype, place: Placement) -> int:
+    """Ascent and PDHG hold a (batch, k, d) block of competitor rows and a few arrays of
+    its size; the batch is capped so that stays within a quarter of the head (at least
+    16 MB), which keeps a whole check's memory near the head plus its witness table."""
+    per_token = 4 * k * W.shape[1] * np.dtype(dtype).itemsize
+    hard = int(min(batch, max(1, max(W.nbytes // 4, 16 << 20) // per_token)))
+    return place.batch(1 << (hard.bit_length() - 1))  # a power of two: few distinct compiled shapes

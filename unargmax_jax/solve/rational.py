@@ -24,6 +24,10 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .. import domains as dom
+from ..resume import Phases
+from ..verdicts import ARGMAXABLE, UNARGMAXABLE
+from .context import Context
+from .evidence import Evidence, pending
 
 
 class RationalVerdict(NamedTuple):
@@ -116,6 +120,17 @@ def lexicographic_simplex(columns, rhs, costs, basis, *, max_pivots: int, deadli
     return None
 
 
+class _Exact(NamedTuple):
+    """One token's exact data: float64 rows and biases, the right-hand side (w_i, 1) and the
+    box bounds as rationals (None off a box)."""
+
+    W64: np.ndarray
+    b64: np.ndarray
+    rhs: list
+    lo: list | None
+    hi: list | None
+
+
 def certify(
     W: np.ndarray,
     b: np.ndarray | None,
@@ -143,62 +158,27 @@ def certify(
     if not T:
         T = [int(np.argmax(np.where(np.arange(C) == token, -np.inf, W64 @ W64[token])))]
     is_box = isinstance(domain, dom.Box)
-    if is_box:
-        lo = [Fraction(float(v)) for v in np.asarray(domain.lo)]
-        hi = [Fraction(float(v)) for v in np.asarray(domain.hi)]
-    rhs = [Fraction(float(v)) for v in W64[token]] + [Fraction(1)]
+    problem = _Exact(W64, b64, [Fraction(float(v)) for v in W64[token]] + [Fraction(1)],
+                     [Fraction(float(v)) for v in np.asarray(domain.lo)] if is_box else None,
+                     [Fraction(float(v)) for v in np.asarray(domain.hi)] if is_box else None)
     quick = _simplex_certificate(W64, b64, token, T[: d + 1])
     if quick is None and weights is not None and min(len(weights), len(T)) > d + 1:
         n = min(len(weights), len(T))
         quick = _simplex_certificate(W64, b64, token, _caratheodory(W64, T[:n], weights[:n]))
     if quick is not None:
         return quick
-    slack_columns = [[Fraction(int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
-    slack_columns += [[Fraction(-int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
-    row_column = lambda j: [Fraction(float(v)) for v in W64[j]] + [Fraction(1)]  # noqa: E731
     for _ in range(max_rounds):
-        columns = [row_column(j) for j in T] + slack_columns
-        n_rows = len(T)
-        bias_cost = [-Fraction(float(b64[j])) for j in T]
-        if is_box:
-            costs = [bias_cost + hi + [-v for v in lo]]
-        else:
-            costs = [[Fraction(0)] * n_rows + [Fraction(1)] * (2 * d), bias_cost + [Fraction(0)] * (2 * d)]
-        # Feasible start: lam = e_{T0}, slack g = w_i - w_{T0} split by sign; row d is sum(lam) = 1.
-        basis = [n_rows + k if rhs[k] - columns[0][k] >= 0 else n_rows + d + k for k in range(d)] + [0]
-        solved = lexicographic_simplex(columns, rhs, costs, basis, max_pivots=max_pivots, deadline=deadline)
+        solved = _solve_on(problem, token, T, max_pivots=max_pivots, deadline=deadline)
         if solved is None:
             return undecided
-        values, basis, duals, _ = solved
-        lam = {T[c]: v for c, v in values.items() if c < n_rows and v != 0}
-        slack = sum((v for c, v in values.items() if c >= n_rows), Fraction(0))
-        bias_part = Fraction(float(b64[token])) - sum((Fraction(float(b64[j])) * v for j, v in lam.items()), Fraction(0))
-        if is_box:
-            g = [rhs[k] - sum((Fraction(float(W64[j, k])) * v for j, v in lam.items()), Fraction(0)) for k in range(d)]
-            upper = bias_part + sum((max(gk * lo[k], gk * hi[k]) for k, gk in enumerate(g)), Fraction(0))
-        else:
-            upper = bias_part if slack == 0 else None
+        lam, upper, duals = solved
         if upper is not None and upper <= 0 and lam:
             support = np.array(sorted(lam), dtype=np.int64)
             return RationalVerdict(-1, support, [lam[j] for j in support], None, upper)
-        # Reduced costs of rows outside T: c_j - pi . (w_j, 1), one value per cost level.
-        reduced = []
-        for level, pi in enumerate(duals):
-            pi = np.array([float(p) for p in pi])
-            own_cost = -b64 if level == len(duals) - 1 else np.zeros(C)
-            reduced.append(own_cost - W64 @ pi[:d] - pi[d])
-        scale = 1e-12 * (1.0 + np.abs(W64).max() * (np.max(np.abs(np.asarray(domain.hi))) if is_box else 1.0) + np.abs(b64).max())
-        outside = np.ones(C, bool)
-        outside[T] = False
-        outside[token] = False
-        first = reduced[0]
-        improving = outside & (first < -scale)
-        if len(reduced) == 2:
-            improving |= outside & (np.abs(first) <= scale) & (reduced[1] < -scale)
-        if not improving.any():
+        entering = _entering_rows(problem, domain, token, T, duals)
+        if not entering:
             break
-        order = np.lexsort(tuple(r[improving] for r in reversed(reduced)))
-        T = T + np.flatnonzero(improving)[order][: d + 1].tolist()
+        T = T + entering
     if is_box and upper is not None and upper > 0:
         x = np.array([float(p) for p in duals[-1][:d]], dtype=np.float64)
         x = np.clip(x, np.asarray(domain.lo, np.float64), np.asarray(domain.hi, np.float64))
@@ -206,6 +186,64 @@ def certify(
         if lower is not None and lower > 0:
             return RationalVerdict(1, np.zeros(0, np.int64), [], x, lower)
     return undecided
+
+
+def _solve_on(problem: _Exact, token: int, T: list, *, max_pivots: int, deadline: float):
+    """The exact LP on rows T: ``(lam, upper, duals)``, where ``upper`` is the exact bound
+    U_T the solution proves (None off a box while slack remains), or None when the simplex
+    ran out of pivots or time."""
+    W64, b64, rhs, lo, hi = problem
+    d = W64.shape[1]
+    slack_columns = [[Fraction(int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
+    slack_columns += [[Fraction(-int(r == k)) for r in range(d)] + [Fraction(0)] for k in range(d)]
+    columns = [[Fraction(float(v)) for v in W64[j]] + [Fraction(1)] for j in T] + slack_columns
+    n_rows = len(T)
+    bias_cost = [-Fraction(float(b64[j])) for j in T]
+    if lo is not None:
+        costs = [bias_cost + hi + [-v for v in lo]]
+    else:
+        costs = [[Fraction(0)] * n_rows + [Fraction(1)] * (2 * d), bias_cost + [Fraction(0)] * (2 * d)]
+    # Feasible start: lam = e_{T0}, slack g = w_i - w_{T0} split by sign; row d is sum(lam) = 1.
+    basis = [n_rows + k if rhs[k] - columns[0][k] >= 0 else n_rows + d + k for k in range(d)] + [0]
+    solved = lexicographic_simplex(columns, rhs, costs, basis, max_pivots=max_pivots, deadline=deadline)
+    if solved is None:
+        return None
+    values, basis, duals, _ = solved
+    lam = {T[c]: v for c, v in values.items() if c < n_rows and v != 0}
+    slack = sum((v for c, v in values.items() if c >= n_rows), Fraction(0))
+    bias_part = Fraction(float(b64[token])) - sum((Fraction(float(b64[j])) * v for j, v in lam.items()), Fraction(0))
+    if lo is not None:
+        g = [rhs[k] - sum((Fraction(float(W64[j, k])) * v for j, v in lam.items()), Fraction(0)) for k in range(d)]
+        upper = bias_part + sum((max(gk * lo[k], gk * hi[k]) for k, gk in enumerate(g)), Fraction(0))
+    else:
+        upper = bias_part if slack == 0 else None
+    return lam, upper, duals
+
+
+def _entering_rows(problem: _Exact, domain: dom.Domain, token: int, T: list, duals) -> list[int]:
+    """Rows outside T whose reduced cost c_j - pi . (w_j, 1) is negative (one value per
+    cost level, compared lexicographically), most negative first, at most d + 1."""
+    W64, b64 = problem.W64, problem.b64
+    C, d = W64.shape
+    reduced = []
+    for level, pi in enumerate(duals):
+        pi = np.array([float(p) for p in pi])
+        own_cost = -b64 if level == len(duals) - 1 else np.zeros(C)
+        reduced.append(own_cost - W64 @ pi[:d] - pi[d])
+    is_box = problem.lo is not None
+    scale = 1e-12 * (1.0 + np.abs(W64).max() * (np.max(np.abs(np.asarray(domain.hi))) if is_box else 1.0)
+                     + np.abs(b64).max())
+    outside = np.ones(C, bool)
+    outside[T] = False
+    outside[token] = False
+    first = reduced[0]
+    improving = outside & (first < -scale)
+    if len(reduced) == 2:
+        improving |= outside & (np.abs(first) <= scale) & (reduced[1] < -scale)
+    if not improving.any():
+        return []
+    order = np.lexsort(tuple(r[improving] for r in reversed(reduced)))
+    return np.flatnonzero(improving)[order][: d + 1].tolist()
 
 
 def _caratheodory(W64, rows, weights) -> list:
@@ -305,3 +343,62 @@ def exact_witness_margin(W: np.ndarray, b: np.ndarray | None, token: int, x: np.
 
     own = exact_logit(token)
     return min(own - exact_logit(int(j)) for j in unsettled)
+
+
+# ----------------------------------------------------------------------------- the stage
+def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
+    """Exact LPs (d <= ``rational_max_dim``) for the rows no float bound could sign, from
+    their best certificate's rows and competitor sets; on R^d float certificates are
+    then dropped (only exact g = 0 ones count there)."""
+    todo = phases.todo("rational", pending(evidence))
+    d = ctx.W.shape[1]
+    if d <= ctx.settings.rational_max_dim:
+        deadline = min(ctx.deadline, time.monotonic() + ctx.settings.rational_seconds)
+        # On R^d (and for the exact step on a ball) only g = 0 certificates are exact.
+        domain = dom.Free() if ctx.exact_certificates_only else ctx.domain
+        for n, i in enumerate(todo):
+            if time.monotonic() > deadline:
+                break
+            _certify_row(ctx, evidence, int(i), domain, deadline)
+            ctx.progress.update("rational", n + 1, todo.size)
+    if ctx.exact_certificates_only:
+        for i in pending(evidence):
+            if i in evidence.cert_support and i not in evidence.cert_rational:
+                evidence.upper[i] = np.inf
+
+
+def candidate_rows(evidence: Evidence, i: int, d: int) -> list[int]:
+    """Rows to start token i's exact LP from: its certificate's, heaviest first, then its
+    last PDHG competitor set and its top rivals (at most 2 (d + 1) + 8)."""
+    weights = evidence.cert_weights.get(i, np.zeros(0))
+    candidates = [int(j) for j in np.asarray(evidence.cert_support.get(i, []))[np.argsort(-weights)]]
+    for j in list(evidence.pdhg_support.get(i, [])) + list(evidence.top.get(i, [])):
+        if j not in candidates and j != i:
+            candidates.append(int(j))
+    return candidates[: 2 * (d + 1) + 8]
+
+
+def _certify_row(ctx: Context, evidence: Evidence, i: int, domain: dom.Domain, deadline: float) -> None:
+    """Decide row i exactly where :func:`certify` can; the exact evidence replaces the float
+    one, so the stored bound is the one it proves (not a tighter bound from a dropped
+    float certificate: on R^d with a bias those never decide, but can be below the exact
+    value), rounded outwards."""
+    weights = evidence.cert_weights.get(i, np.zeros(0))
+    outcome = certify(ctx.W, ctx.b, domain, i, np.asarray(candidate_rows(evidence, i, ctx.W.shape[1]), np.int64),
+                      deadline=deadline, weights=np.sort(weights)[::-1])
+    if outcome.verdict == UNARGMAXABLE:
+        evidence.verdict[i], evidence.stage[i] = UNARGMAXABLE, "rational"
+        evidence.upper[i] = float_at_least(outcome.value)
+        evidence.cert_support[i] = outcome.support
+        evidence.cert_weights[i] = np.array([float(w) for w in outcome.weights])
+        evidence.cert_rational[i] = [f"{w.numerator}/{w.denominator}" for w in outcome.weights]
+    elif outcome.verdict == ARGMAXABLE:
+        evidence.verdict[i], evidence.stage[i] = ARGMAXABLE, "rational"
+        evidence.lower[i] = -float_at_least(-outcome.value)
+        evidence.exact_witness[i] = np.asarray(outcome.witness, np.float64)
+
+
+def float_at_least(value) -> float:
+    """The smallest float64 >= an exact rational (``float`` rounds to nearest)."""
+    approx = float(value)
+    return approx if Fraction(approx) >= value else float(np.nextafter(approx, np.inf))

@@ -13,13 +13,20 @@ al., 2022) reflect x across the decision boundary of the strongest competitor.
 
 from __future__ import annotations
 
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from .._shapes import Array, Float, Int
 
 from .. import bounds
 from .. import domains as dom
+from .._memory import TRIM_INTERVAL, return_freed_memory
+from .._shapes import Array, Float, Int
+from ..resume import Phases
+from ..verdicts import UNDECIDED
+from .context import Context, DeviceHead, chunks
+from .evidence import Evidence, pending, record_certificate, record_witness, start_points
+from .witness import witness_chunk
 
 
 def whitening(W, *, block: int = 2048, ridge: float = 1e-3):
@@ -117,3 +124,107 @@ def braid_reflect(
     m0, _ = margin_and_rival(X)
     _, best_x, _ = jax.lax.fori_loop(0, steps, step, (X, X, m0))
     return best_x
+
+
+# ----------------------------------------------------------------------------- the stage
+def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=False):
+    """Best starting point per token: only "along its whitened row" in the first pass (it
+    decides most tokens of real heads with one product), all candidates in the second.
+    With ``half`` every candidate is rounded to float16 first (it stays in the box, see
+    :func:`~unargmax_jax.solve.context.half_witnesses`), so the points evaluated are the
+    points stored."""
+    rows = head.W[ids]
+    points = starting_points(rows, domain, whitened_directions(rows, head.mean, head.precision))
+    if all_candidates:
+        # A random point per token, keyed by token id so chunking does not change it.
+        d = head.W.shape[1]
+        draw = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (d,), head.W.dtype, -1.0, 1.0))(ids)
+        extra = dom.project(domain, dom.extent(domain) * draw)
+        points = jnp.concatenate([points, extra[:, None, :]], axis=1)
+    else:
+        points = points[:, :1]
+    if half:
+        points = points.astype(jnp.float16).astype(points.dtype)
+    n, m, d = points.shape
+    # All candidates in one product (separate products per candidate fuse badly on CPU).
+    every = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0)
+    best = jnp.argmax(every.lower.reshape(n, m), axis=1)
+    x = jnp.take_along_axis(points, best[:, None, None], axis=1)[:, 0]
+    witness = jax.tree_util.tree_map(
+        lambda a: jnp.take_along_axis(a.reshape((n, m) + a.shape[1:]), best.reshape((n, 1) + (1,) * (a.ndim - 1)), axis=1)[:, 0],
+        every)
+    # The strongest competitor alone is a (weak) certificate: every token gets a finite U.
+    # (argmax, not top_k's first column: gathering with top_k's output is slow on XLA:CPU)
+    one = witness.rival[:, None]
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, one, jnp.ones(one.shape, head.W.dtype))
+    return x, witness, one, upper
+
+
+screen_chunk = jax.jit(_screen_chunk, static_argnames=("all_candidates", "half"))
+
+
+def _braid_chunk(head: DeviceHead, ids, x, domain, *, num_top, steps):
+    x = braid_reflect(head.W, head.b, ids, x, domain, steps=steps)
+    return x, bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
+
+
+braid_chunk = jax.jit(_braid_chunk, static_argnames=("num_top", "steps"))
+
+
+def second_pass_batch(ctx: Context) -> int:
+    """The second pass tries ~5 points per token: fewer tokens per product keep its
+    memory (points x C logits) at the first pass's."""
+    return ctx.place.batch(max(1, ctx.batch // 4))
+
+
+def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
+    """Screen every pending row: its whitened row first, then every candidate for the rest;
+    then the competitor sets (top-k at the best point) of the rows still undecided."""
+    for all_candidates, name in ((False, "screen"), (True, "screen 2")):
+        started = phases.begin(name, pending(evidence))
+        if started is not None:
+            _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates)
+    return_freed_memory()
+    _competitor_sets(ctx, evidence, phases.todo("top", pending(evidence)))
+
+
+def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
+                 all_candidates: bool) -> None:
+    size = second_pass_batch(ctx) if all_candidates else ctx.batch
+    done = 0
+    for n, (ids, valid) in enumerate(chunks(todo, size)):
+        if n < first:
+            continue
+        if ctx.expired():
+            break
+        x, wb, one, U_one = screen_chunk(ctx.head, ctx.place.split(ids), ctx.device_domain, ctx.key,
+                                         all_candidates=all_candidates, half=ctx.half)
+        if ctx.settings.braid_steps and all_candidates:
+            x, wb = braid_chunk(ctx.head, ctx.place.split(ids), x, ctx.device_domain, num_top=0,
+                                steps=ctx.settings.braid_steps)
+        record_witness(ctx, evidence, ids, valid, x, wb, "screen")
+        record_certificate(ctx, evidence, ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
+        if np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
+            ctx.warmup.start()  # some token needs the later stages: compile them meanwhile
+        # Else glibc's arenas keep every freed (batch x C) block; a few times a second
+        # bounds what they hold at a few blocks, for a fraction of a trim per chunk.
+        return_freed_memory(min_interval=TRIM_INTERVAL)
+        done += valid
+        ctx.progress.update(name, done, todo.size)
+        phases.save_position(name, n + 1, todo)
+
+
+def _competitor_sets(ctx: Context, evidence: Evidence, todo) -> None:
+    """Competitor sets (top-k logits at the best point) only for rows still undecided: a
+    top-k over C for every token would cost more than the screen itself."""
+    # Usually few tokens get here: a batch no larger than needed (a power of two, so few
+    # compiled shapes) keeps top_k's (batch x C) buffers small.
+    size = ctx.place.batch(int(min(ctx.batch, 1 << max(3, int(todo.size - 1).bit_length()))))
+    for ids, valid in chunks(todo, size):
+        if ctx.expired():
+            break
+        x = start_points(ctx, evidence, ids)
+        record_witness(ctx, evidence, ids, valid, x,
+                       witness_chunk(ctx.head, ctx.place.split(ids), ctx.place.split(x, ctx.dtype),
+                                     num_top=ctx.competitors), "screen")
+        return_freed_memory(min_interval=TRIM_INTERVAL)
