@@ -20,10 +20,16 @@ import io
 import json
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from . import domains as dom
-from .report import Report
+from .csr import Certificates
+from .engine import check, selected_mask
+from .heads import validate_head
+from .report import Report, build_report
+from .settings import Settings
+from .verdicts import SKIPPED
 
 __all__ = ["check_distributed", "gather_reports", "initialize", "merge_reports", "token_share"]
 
@@ -68,16 +74,7 @@ def merge_reports(parts: Sequence[Report]) -> Report:
     _same(parts, "head shape", lambda r: (r.head["classes"], r.head["dim"]))
     _same(parts, "domain", lambda r: json.dumps(dom.to_json(r.domain), sort_keys=True))
     _same(parts, "settings", lambda r: json.dumps(r.settings, sort_keys=True, default=str))
-    C, d = parts[0].head["classes"], parts[0].head["dim"]
-    owner = np.full(C, -1, np.int64)
-    for k, part in enumerate(parts):
-        mine = part.verdict != 2
-        clash = mine & (owner >= 0)
-        if clash.any():
-            raise ValueError(f"cannot merge part reports: token {int(np.flatnonzero(clash)[0])} was decided by both "
-                             f"part {int(owner[clash][0])} and part {k}; expected disjoint token shares")
-        owner[mine] = k
-
+    owner = _owners(parts)
     base = parts[0]
     verdict, lower, upper = base.verdict.copy(), base.lower.copy(), base.upper.copy()
     stage = base.stage.astype(object)
@@ -85,63 +82,62 @@ def merge_reports(parts: Sequence[Report]) -> Report:
         mine = owner == k
         verdict[mine], lower[mine], upper[mine], stage[mine] = (part.verdict[mine], part.lower[mine],
                                                                 part.upper[mine], part.stage[mine])
-
-    def owned(ids, k):
-        return owner[np.asarray(ids, np.int64)] == k
-
-    witness_ids, witnesses = [], []
-    cert_ids, cert_support, cert_weights, cert_rational, cert_offsets = [], [], [], [], [0]
-    ceiling = {"ids": [], "lower": [], "upper": [], "points": []}
-    for k, part in enumerate(parts):
-        keep = owned(part.witness_ids, k)
-        witness_ids.append(part.witness_ids[keep])
-        witnesses.append(np.asarray(part.witnesses).reshape(-1, d)[keep])
-        for row in np.flatnonzero(owned(part.certificate_ids, k)):
-            start, stop = part.certificate_offsets[row], part.certificate_offsets[row + 1]
-            cert_ids.append(part.certificate_ids[row])
-            cert_support.append(part.certificate_support[start:stop])
-            cert_weights.append(part.certificate_weights[start:stop])
-            cert_rational.append(part.certificate_rational[start:stop])
-            cert_offsets.append(cert_offsets[-1] + int(stop - start))
-        keep = owned(part.ceiling_ids, k)
-        ceiling["ids"].append(part.ceiling_ids[keep])
-        ceiling["lower"].append(part.ceiling_lower[keep])
-        ceiling["upper"].append(part.ceiling_upper[keep])
-        ceiling["points"].append(np.asarray(part.ceiling_points).reshape(-1, d)[keep])
-
-    # Certificates in token order, as one process would list them.
-    by_token = np.argsort(np.asarray(cert_ids, np.int64), kind="stable")
-    lengths = np.diff(cert_offsets)[by_token]
-    cert_ids = [cert_ids[r] for r in by_token]
-    cert_support, cert_weights, cert_rational = ([rows[r] for r in by_token]
-                                                 for rows in (cert_support, cert_weights, cert_rational))
-    cert_offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    ids = np.concatenate(witness_ids)
-    order = np.argsort(ids, kind="stable")
-    dtype = np.result_type(*(w.dtype for w in witnesses))
+    witness_ids, witnesses = _merged_witnesses(parts, owner)
     notes = list(dict.fromkeys(note for part in parts for note in part.notes))
     notes.append(f"checked by {len(parts)} processes, each deciding an interleaved share of the tokens")
     stages = {name for part in parts for name in part.stage_seconds}
-    merged = Report(
-        head=dict(base.head), domain=base.domain, verdict=verdict, lower=lower, upper=upper,
-        stage=np.array(stage.tolist(), dtype=np.str_),
+    return build_report(
+        head=base.head, domain=base.domain, verdict=verdict, lower=lower, upper=upper, stage=stage,
         twins={i: list(t) for part in parts for i, t in part.twins.items()},
-        witness_ids=ids[order],
-        witnesses=np.concatenate([w.astype(dtype) for w in witnesses])[order],
-        certificate_ids=np.asarray(cert_ids, np.int64),
-        certificate_offsets=np.asarray(cert_offsets, np.int64),
-        certificate_support=np.concatenate([np.zeros(0, np.int64), *cert_support]).astype(np.int64),
-        certificate_weights=np.concatenate([np.zeros(0), *cert_weights]).astype(np.float64),
-        certificate_rational=np.concatenate([np.zeros(0, np.str_), *cert_rational]).astype(np.str_),
-        settings=dict(base.settings), seconds=max(part.seconds for part in parts),
+        witness_ids=witness_ids, witnesses=witnesses,
+        # Certificates in token order, as one process would list them.
+        certificates=Certificates.concat([part.certificates.take(_owned(owner, part.certificate_ids, k))
+                                          for k, part in enumerate(parts)]).sorted_by_id(),
+        settings=base.settings, seconds=max(part.seconds for part in parts),
         stage_seconds={name: max(part.stage_seconds.get(name, 0.0) for part in parts) for name in sorted(stages)},
-        notes=notes, solved_on=base.solved_on, tokens=base.tokens,
-        ceiling_ids=np.concatenate(ceiling["ids"]).astype(np.int64),
-        ceiling_lower=np.concatenate(ceiling["lower"]).astype(np.float64),
-        ceiling_upper=np.concatenate(ceiling["upper"]).astype(np.float64),
-        ceiling_points=np.concatenate(ceiling["points"]).astype(np.float64),
-    )
-    return merged
+        notes=notes, solved_on=base.solved_on, tokens=base.tokens, ceilings=_merged_ceilings(parts, owner))
+
+
+def _owners(parts: Sequence[Report]) -> np.ndarray:
+    """(C,) the part that decided each token (-1: none); ValueError when two parts did."""
+    owner = np.full(parts[0].head["classes"], -1, np.int64)
+    for k, part in enumerate(parts):
+        mine = part.verdict != SKIPPED
+        clash = mine & (owner >= 0)
+        if clash.any():
+            raise ValueError(f"cannot merge part reports: token {int(np.flatnonzero(clash)[0])} was decided by both "
+                             f"part {int(owner[clash][0])} and part {k}; expected disjoint token shares")
+        owner[mine] = k
+    return owner
+
+
+def _owned(owner: np.ndarray, ids, k: int) -> np.ndarray:
+    """Which of the token ``ids`` part ``k`` decided."""
+    return owner[np.asarray(ids, np.int64)] == k
+
+
+def _merged_witnesses(parts: Sequence[Report], owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each part's witnesses of its own tokens, in token order, in one dtype that holds them all."""
+    d = parts[0].head["dim"]
+    ids, points = [], []
+    for k, part in enumerate(parts):
+        keep = _owned(owner, part.witness_ids, k)
+        ids.append(part.witness_ids[keep])
+        points.append(np.asarray(part.witnesses).reshape(-1, d)[keep])
+    ids = np.concatenate(ids)
+    order = np.argsort(ids, kind="stable")
+    dtype = np.result_type(*(w.dtype for w in points))
+    return ids[order], np.concatenate([w.astype(dtype) for w in points])[order]
+
+
+def _merged_ceilings(parts: Sequence[Report], owner: np.ndarray) -> tuple:
+    """Each part's ceilings of its own tokens, part after part: ``(ids, lower, upper, points)``."""
+    d = parts[0].head["dim"]
+    keeps = [_owned(owner, part.ceiling_ids, k) for k, part in enumerate(parts)]
+    return (np.concatenate([part.ceiling_ids[keep] for part, keep in zip(parts, keeps)]),
+            np.concatenate([part.ceiling_lower[keep] for part, keep in zip(parts, keeps)]),
+            np.concatenate([part.ceiling_upper[keep] for part, keep in zip(parts, keeps)]),
+            np.concatenate([np.asarray(part.ceiling_points).reshape(-1, d)[keep] for part, keep in zip(parts, keeps)]))
 
 
 # ------------------------------------------------------------------ transport
@@ -168,14 +164,16 @@ def decode_report(payload: bytes) -> Report:
     with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     meta = json.loads(arrays.pop("meta").tobytes().decode())
-    return Report(head=meta["head"], domain=dom.from_json(meta["domain"]), settings=meta["settings"],
-                  seconds=meta["seconds"], stage_seconds=meta["stage_seconds"], notes=meta["notes"],
-                  solved_on=meta["solved_on"], twins={int(i): t for i, t in meta["twins"].items()}, **arrays)
+    certificates = Certificates(*(arrays.pop(f"certificate_{name}") for name in Certificates._fields))
+    ceilings = tuple(arrays.pop(f"ceiling_{name}") for name in ("ids", "lower", "upper", "points"))
+    return build_report(head=meta["head"], domain=dom.from_json(meta["domain"]), settings=meta["settings"],
+                        seconds=meta["seconds"], stage_seconds=meta["stage_seconds"], notes=meta["notes"],
+                        solved_on=meta["solved_on"], twins={int(i): t for i, t in meta["twins"].items()},
+                        certificates=certificates, ceilings=ceilings, **arrays)
 
 
 def gather_bytes(payload: bytes) -> list[bytes]:
     """Every process's ``payload``, in process order, on every process (a collective)."""
-    import jax
     from jax.experimental.multihost_utils import process_allgather
 
     if jax.process_count() == 1:
@@ -194,27 +192,24 @@ def gather_bytes(payload: bytes) -> list[bytes]:
 
 
 def check_distributed(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, tokens=None, checkpoint=None,
-                      **options) -> Report:
+                      settings: Settings | None = None, **options) -> Report:
     """:func:`unargmax_jax.check` with the tokens split across the processes of a
     ``jax.distributed`` job; every process gets the merged report.
 
     Call ``jax.distributed.initialize(...)`` first, then this with the same head and
     arguments on every process. ``checkpoint`` is each process's own partial-state file
     (give each process a different path, or a path on a host-local disk); a killed job
-    restarted with the same process count resumes from them.
+    restarted with the same process count resumes from them. ``settings`` and ``options``
+    go to :func:`unargmax_jax.check` on every process.
     """
-    import jax
-
-    from .engine import _selected_mask, check
-    from .heads import validate_head
-
     W_np, b_np = validate_head(W, b)
     count, index = jax.process_count(), jax.process_index()
     if count == 1:
-        return check(W_np, b_np, domain, tokens=tokens, checkpoint=checkpoint, **options)
-    share = token_share(_selected_mask(tokens, W_np.shape[0]), index, count)
+        return check(W_np, b_np, domain, tokens=tokens, checkpoint=checkpoint, settings=settings, **options)
+    share = token_share(selected_mask(tokens, W_np.shape[0]), index, count)
     # A process with no share (fewer selected tokens than processes) sends nothing.
-    part = check(W_np, b_np, domain, tokens=share, checkpoint=checkpoint, **options) if share.any() else None
+    part = (check(W_np, b_np, domain, tokens=share, checkpoint=checkpoint, settings=settings, **options)
+            if share.any() else None)
     return gather_reports(part)
 
 
@@ -231,8 +226,6 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> tuple[int, int]:
     """Join the ``jax.distributed`` job (arguments left None are detected from the cluster
     environment, as :func:`jax.distributed.initialize` does); return (index, count)."""
-    import jax
-
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)

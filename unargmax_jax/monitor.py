@@ -26,10 +26,13 @@ import numpy as np
 
 from . import bounds
 from . import domains as dom
+from .csr import Certificates
 from .engine import check
+from .report import Report, build_report, empty_report, head_record, head_sha256
+from .settings import Settings
 from .solve.context import device_dtype, domain_on_device
 from .twins import find_twins
-from .report import Report, head_sha256
+from .verdicts import ARGMAXABLE, REUSED, SKIPPED, UNARGMAXABLE
 
 _REL_PAD = 1e-9  # relative pad on the float64 perturbation bound (its own rounding is ~d * 1e-16)
 
@@ -57,39 +60,34 @@ def _certificate_upper(W, b, domain, ids, support, weights):
 
 
 def _reusable_certificates(previous: Report, W, b, domain, exclude):
-    """Tokens whose old float certificate still proves them unargmaxable on the new head."""
-    kept = []
+    """Tokens whose old float certificate still proves them unargmaxable on the new head.
+
+    Returns ``(token, support, weights, new upper bound)`` per kept certificate.
+    """
     if isinstance(domain, dom.Free) or not previous.certificate_ids.size:
-        return kept  # on R^d only exact certificates count: leave those to the check
-    offsets = previous.certificate_offsets
-    rows = [r for r, i in enumerate(previous.certificate_ids)
-            if not exclude[i] and not np.any(previous.certificate_rational[offsets[r]:offsets[r + 1]] != "")]
+        return []  # on R^d only exact certificates count: leave those to the check
+    rows = [row for row in previous.certificates.rows() if not exclude[row[0]] and not np.any(row[3] != "")]
     if not rows:
-        return kept
-    k = int(max(offsets[r + 1] - offsets[r] for r in rows))
-    ids = np.asarray(previous.certificate_ids, np.int64)[rows]
+        return []
+    k = int(max(support.size for _, support, _, _ in rows))
+    ids = np.array([i for i, _, _, _ in rows], np.int64)
     support = np.repeat(ids[:, None], k, axis=1)  # padding: the token itself with weight 0
     weights = np.zeros((len(rows), k))
-    for n, r in enumerate(rows):
-        start, stop = offsets[r], offsets[r + 1]
-        support[n, : stop - start] = previous.certificate_support[start:stop]
-        weights[n, : stop - start] = previous.certificate_weights[start:stop]
+    for n, (_, s, w, _) in enumerate(rows):
+        support[n, : s.size] = s
+        weights[n, : w.size] = w
     dtype = device_dtype()
     upper = np.asarray(_certificate_upper(jnp.asarray(W, dtype), jnp.asarray(np.zeros(W.shape[0]) if b is None else b, dtype),
                                           domain_on_device(domain, dtype), jnp.asarray(ids), jnp.asarray(support),
                                           jnp.asarray(weights, dtype)), np.float64)
-    for n, r in enumerate(rows):
-        if upper[n] <= 0:
-            start, stop = offsets[r], offsets[r + 1]
-            kept.append((int(ids[n]), previous.certificate_support[start:stop], previous.certificate_weights[start:stop],
-                         float(upper[n])))
-    return kept
+    return [(i, s, w, float(upper[n])) for n, (i, s, w, _) in enumerate(rows) if upper[n] <= 0]
 
 
 def warm_check(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, previous: Report, previous_W,
-               previous_b=None, **options) -> Report:
+               previous_b=None, settings: Settings | None = None, **options) -> Report:
     """:func:`engine.check` of ``(W, b)``, reusing ``previous`` (a report on ``previous_W, previous_b``).
 
+    ``settings`` and ``options`` go to :func:`engine.check` for the tokens left over.
     Returns a full report; its ``notes`` say how many tokens were reused.
     """
     start = time.monotonic()
@@ -106,7 +104,7 @@ def warm_check(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, previo
                         "coordinates, which change with gamma); use check() for NormOutput")
     if dom.to_json(previous.domain) != dom.to_json(domain) or previous.head["sha256"] != head_sha256(previous_W, previous_b):
         raise ValueError("previous report is for another domain or other weights than previous_W/previous_b")
-    if np.any(previous.verdict == 2):
+    if np.any(previous.verdict == SKIPPED):
         raise ValueError("previous report skipped tokens; warm starts need a report on every token")
     dW_norm = _row_norms(W.astype(np.float64) - previous_W)
     db = np.zeros(C) if b is None else np.abs(np.asarray(b, np.float64) - np.asarray(previous_b, np.float64))
@@ -120,55 +118,41 @@ def warm_check(W, b=None, domain: dom.Domain = dom.Box(-100.0, 100.0), *, previo
     reused[[c[0] for c in certs]] = True
 
     if reused.all():
-        report = _empty_report(W, b, domain, options)
+        report = _empty_report(W, b, domain, settings, options)
     else:
-        report = check(W, b, domain, tokens=~reused, **options)
+        report = check(W, b, domain, tokens=~reused, settings=settings, **options)
     report = _merge(report, w_ids, w_lower, w_x, certs)
     report.seconds = time.monotonic() - start
     report.notes.append(f"warm start: {int(reused.sum())} of {C} token(s) settled by the previous check's evidence")
     return report
 
 
-def _empty_report(W, b, domain, options) -> Report:
+def _empty_report(W, b, domain, settings: Settings | None, options) -> Report:
     """A report with every token skipped (all of them are about to be filled in)."""
-    C, d = W.shape
-    settings = {"ties": options.get("ties", "strict")}
-    return Report(head={"classes": C, "dim": d, "has_bias": b is not None, "sha256": head_sha256(W, b)},
-                  domain=domain, verdict=np.full(C, 2, np.int8), lower=np.full(C, -np.inf), upper=np.full(C, np.inf),
-                  stage=np.full(C, "skipped"), twins={}, witness_ids=np.zeros(0, np.int64), witnesses=np.zeros((0, d)),
-                  certificate_ids=np.zeros(0, np.int64), certificate_offsets=np.zeros(1, np.int64),
-                  certificate_support=np.zeros(0, np.int64), certificate_weights=np.zeros(0),
-                  certificate_rational=np.zeros(0, np.str_), settings=settings)
+    ties = options.get("ties", "strict" if settings is None else settings.ties)
+    return empty_report(head_record(W, b), domain, {"ties": ties})
 
 
 def _merge(report: Report, w_ids, w_lower, w_x, certs) -> Report:
-    """Fill the reused tokens (skipped in ``report``) with their carried-over evidence."""
+    """``report`` with the reused tokens (skipped in it) filled in from their carried-over evidence."""
     verdict, lower, upper = report.verdict.copy(), report.lower.copy(), report.upper.copy()
     stage = report.stage.astype(object)
-    verdict[w_ids], lower[w_ids], upper[w_ids], stage[w_ids] = 1, w_lower, np.inf, "reused"
+    verdict[w_ids], lower[w_ids], upper[w_ids], stage[w_ids] = ARGMAXABLE, w_lower, np.inf, REUSED
+    for i, _, _, u in certs:
+        verdict[i], lower[i], upper[i], stage[i] = UNARGMAXABLE, -np.inf, u, REUSED
     witness_ids = np.concatenate([report.witness_ids, w_ids])
     dtype = np.result_type(report.witnesses.dtype, w_x.dtype)
     witnesses = np.concatenate([np.asarray(report.witnesses, dtype), np.asarray(w_x, dtype)])
     order = np.argsort(witness_ids, kind="stable")
-    ids, offsets = list(report.certificate_ids), list(report.certificate_offsets)
-    support, weights = list(report.certificate_support), list(report.certificate_weights)
-    rational = list(report.certificate_rational)
-    for i, s, w, u in certs:
-        verdict[i], lower[i], upper[i], stage[i] = -1, -np.inf, u, "reused"
-        ids.append(i)
-        support.extend(int(v) for v in s)
-        weights.extend(float(v) for v in w)
-        rational.extend([""] * len(s))
-        offsets.append(len(support))
-    report.verdict, report.lower, report.upper = verdict, lower, upper
-    report.stage = np.array(stage.tolist(), dtype=np.str_)
-    report.witness_ids, report.witnesses = witness_ids[order], witnesses[order]
-    report.certificate_ids = np.asarray(ids, np.int64)
-    report.certificate_offsets = np.asarray(offsets, np.int64)
-    report.certificate_support = np.asarray(support, np.int64)
-    report.certificate_weights = np.asarray(weights, np.float64)
-    report.certificate_rational = np.asarray(rational, dtype=np.str_)
-    return report
+    # Reused certificates after the check's own, in the order they were found.
+    reused = Certificates.from_rows((i, s, w, None) for i, s, w, _ in certs)
+    certificates = Certificates.concat([report.certificates, reused])
+    return build_report(
+        head=report.head, domain=report.domain, verdict=verdict, lower=lower, upper=upper, stage=stage,
+        twins=report.twins, witness_ids=witness_ids[order], witnesses=witnesses[order], certificates=certificates,
+        settings=report.settings, solved_on=report.solved_on, tokens=report.tokens,
+        ceilings=(report.ceiling_ids, report.ceiling_lower, report.ceiling_upper, report.ceiling_points),
+        notes=report.notes, seconds=report.seconds, stage_seconds=report.stage_seconds)
 
 
 class Monitor:
@@ -177,14 +161,16 @@ class Monitor:
     ``monitor(step, W, b)`` returns the number of unargmaxable tokens on the steps it
     checks (None on the others); ``monitor.report`` is the latest full report and
     ``monitor.history`` a list of ``{"step", "unargmaxable", "undecided", "reused", "seconds"}``.
+    ``settings`` and ``options`` go to every check (see :func:`engine.check`).
     """
 
-    def __init__(self, domain: dom.Domain = dom.Box(-100.0, 100.0), *, every: int = 100, **options):
+    def __init__(self, domain: dom.Domain = dom.Box(-100.0, 100.0), *, every: int = 100,
+                 settings: Settings | None = None, **options):
         if every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every}")
         if isinstance(domain, dom.NormOutput):
             raise TypeError("Monitor needs a Box, Ball or Free domain; NormOutput evidence cannot be warm-started")
-        self.domain, self.every, self.options = domain, every, options
+        self.domain, self.every, self.settings, self.options = domain, every, settings, options
         self.report: Report | None = None
         self._weights = None
         self.history: list[dict] = []
@@ -193,12 +179,12 @@ class Monitor:
         W = np.array(W, copy=True)
         b = None if b is None else np.array(b, copy=True)
         if self.report is None:
-            report = check(W, b, self.domain, **self.options)
+            report = check(W, b, self.domain, settings=self.settings, **self.options)
             reused = 0
         else:
             report = warm_check(W, b, self.domain, previous=self.report, previous_W=self._weights[0],
-                                previous_b=self._weights[1], **self.options)
-            reused = int(np.sum(report.stage == "reused"))
+                                previous_b=self._weights[1], settings=self.settings, **self.options)
+            reused = int(np.sum(report.stage == REUSED))
         self.report, self._weights = report, (W, b)
         counts = report.counts()
         self.history.append({"step": None, "unargmaxable": counts["unargmaxable"], "undecided": counts["undecided"],

@@ -1,8 +1,9 @@
 """Readable renderings of a report: ``tokens.csv``, ``summary.md`` and ``margins.png``.
 
 Pure functions from a :class:`~unargmax_jax.report.Report` to text or PNG bytes;
-``Report.save`` writes them. matplotlib is optional (the ``plot`` extra) and imported
-only when a plot is drawn.
+``Report.save`` writes them. They only read a report's attributes, so this module does
+not import :mod:`unargmax_jax.report` (which imports it). matplotlib is optional (the
+``plot`` extra) and imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import numpy as np
 
 from . import domains as dom
+from .verdicts import ARGMAXABLE, DECIDED, NAMES, UNARGMAXABLE
 
 CSV_COLUMNS = ("id", "token", "verdict", "lower", "upper", "stage", "ceiling_lower", "ceiling_upper")
 _LISTED = 200  # unargmaxable tokens listed in summary.md, at most
@@ -25,8 +27,6 @@ def tokens_csv(report) -> str:
 
     Floats round-trip exactly; the ceiling columns are empty where no ceiling was computed.
     """
-    from .report import VERDICT_NAMES
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -34,7 +34,7 @@ def tokens_csv(report) -> str:
                 for i, lo, hi in zip(report.ceiling_ids, report.ceiling_lower, report.ceiling_upper)}
     for i in range(report.verdict.shape[0]):
         text = report.token(i)
-        writer.writerow((i, "" if text is None else text, VERDICT_NAMES[int(report.verdict[i])],
+        writer.writerow((i, "" if text is None else text, NAMES[int(report.verdict[i])],
                          repr(float(report.lower[i])), repr(float(report.upper[i])), str(report.stage[i]),
                          *ceilings.get(i, ("", ""))))
     return buffer.getvalue()
@@ -61,13 +61,35 @@ def closest_to_boundary(report, count: int) -> np.ndarray:
     An argmaxable token's distance is its lower bound (> 0), an unargmaxable one's the
     magnitude of its upper bound (<= 0).
     """
-    decided = np.flatnonzero(np.isin(report.verdict, (1, -1)))
-    distance = np.where(report.verdict[decided] == 1, report.lower[decided], -report.upper[decided])
+    decided = np.flatnonzero(np.isin(report.verdict, DECIDED))
+    distance = np.where(report.verdict[decided] == ARGMAXABLE, report.lower[decided], -report.upper[decided])
     return decided[np.argsort(distance, kind="stable")[:count]]
 
 
 def summary_markdown(report, *, closest: int = 20, plotted: bool = True) -> str:
     """A one-page Markdown summary of a report."""
+    # The token column only when the head came with strings.
+    columns = (" token |", "---|") if report.tokens is not None else ("", "")
+    lines = _overview(report)
+    lines += _unargmaxable_section(report, columns)
+    lines += _closest_section(report, closest, columns)
+    lines += _ceiling_section(report, closest, columns)
+    lines += _ties_section(report)
+    if report.notes:
+        lines += ["", "## Notes", ""] + [f"* {note}" for note in report.notes]
+    stage_times = ", ".join(f"{k} {v:.2f} s" for k, v in report.stage_seconds.items())
+    lines += ["", "## Time", "", f"{report.seconds:.2f} s in all" + (f" ({stage_times})." if stage_times else ".")]
+    lines += ["", "Margin bounds are plotted in `margins.png`." if plotted
+              else "margins.png was skipped: matplotlib is not installed (pip install 'unargmax_jax[plot]')."]
+    return "\n".join(lines) + "\n"
+
+
+def _token_cell(report, i) -> str:
+    return f" {_code(report.token(int(i)))} |" if report.tokens is not None else ""
+
+
+def _overview(report) -> list[str]:
+    """The summary's title, head and domain lines and the verdict counts."""
     head, counts = report.head, report.counts()
     model = head.get("source") or "(arrays passed in Python)"
     names = ", ".join(f"{k} `{head[k]}`" for k in ("weight_name", "bias_name") if head.get(k))
@@ -84,55 +106,56 @@ def summary_markdown(report, *, closest: int = 20, plotted: bool = True) -> str:
     lines += ["", "| verdict | tokens |", "|---|---|"]
     lines += [f"| {name} | {counts[name]} |" for name in ("argmaxable", "unargmaxable", "undecided", "skipped")
               if counts[name] or name != "skipped"]
-    stages, stage_counts = np.unique(report.stage[np.isin(report.verdict, (1, -1))], return_counts=True)
+    stages, stage_counts = np.unique(report.stage[np.isin(report.verdict, DECIDED)], return_counts=True)
     if stages.size:
         lines += ["", "Decided by stage: " + ", ".join(f"{s} {n}" for s, n in zip(stages, stage_counts)) + "."]
+    return lines
 
-    def token_cell(i) -> str:  # the token column only when the head came with strings
-        return f" {_code(report.token(int(i)))} |" if report.tokens is not None else ""
 
-    token_head = (" token |", "---|") if report.tokens is not None else ("", "")
+def _unargmaxable_section(report, columns) -> list[str]:
     bad = report.ids("unargmaxable")
-    lines += ["", f"## Unargmaxable tokens ({bad.size})", ""]
-    if bad.size:
-        lines += [f"| id |{token_head[0]} upper bound | stage |", f"|---|{token_head[1]}---|---|"]
-        lines += [f"| {i} |{token_cell(i)} {_number(report.upper[i])} | {report.stage[i]} |" for i in bad[:_LISTED]]
-        if bad.size > _LISTED:
-            lines.append(f"\n... and {bad.size - _LISTED} more (all in tokens.csv).")
-    else:
-        lines.append("None: every decided token can be the argmax on this domain.")
+    lines = ["", f"## Unargmaxable tokens ({bad.size})", ""]
+    if not bad.size:
+        return lines + ["None: every decided token can be the argmax on this domain."]
+    lines += [f"| id |{columns[0]} upper bound | stage |", f"|---|{columns[1]}---|---|"]
+    lines += [f"| {i} |{_token_cell(report, i)} {_number(report.upper[i])} | {report.stage[i]} |"
+              for i in bad[:_LISTED]]
+    if bad.size > _LISTED:
+        lines.append(f"\n... and {bad.size - _LISTED} more (all in tokens.csv).")
+    return lines
 
+
+def _closest_section(report, closest: int, columns) -> list[str]:
     near = closest_to_boundary(report, closest)
-    if near.size:
-        lines += ["", f"## Closest to the boundary ({near.size})", "",
-                  f"| id |{token_head[0]} verdict | proved margin interval |", f"|---|{token_head[1]}---|---|"]
-        from .report import VERDICT_NAMES
+    if not near.size:
+        return []
+    return ["", f"## Closest to the boundary ({near.size})", "",
+            f"| id |{columns[0]} verdict | proved margin interval |", f"|---|{columns[1]}---|---|"] + [
+        f"| {i} |{_token_cell(report, i)} {NAMES[int(report.verdict[i])]} | {_interval(report, int(i))} |"
+        for i in near]
 
-        lines += [f"| {i} |{token_cell(i)} {VERDICT_NAMES[int(report.verdict[i])]} | {_interval(report, int(i))} |"
-                  for i in near]
-    if report.ceiling_ids.size:
-        order = np.argsort(report.ceiling_upper, kind="stable")[:closest]
-        lines += ["", f"## Lowest probability ceilings ({order.size} of {report.ceiling_ids.size} computed)", "",
-                  "The largest softmax probability each token can reach on the domain, proved to lie in the interval.",
-                  "", f"| id |{token_head[0]} verdict | ceiling |", f"|---|{token_head[1]}---|---|"]
-        from .report import VERDICT_NAMES as NAMES
 
-        lines += [f"| {report.ceiling_ids[r]} |{token_cell(report.ceiling_ids[r])} "
-                  f"{NAMES[int(report.verdict[report.ceiling_ids[r]])]} | "
-                  f"[{report.ceiling_lower[r]:.6g}, {report.ceiling_upper[r]:.6g}] |" for r in order]
-    if report.twins:
-        groups = sorted({tuple(sorted([i, *t])) for i, t in report.twins.items()})
-        lines += ["", f"## Exact ties ({len(groups)} group(s) of identical row and bias)", ""]
-        lines += ["* " + " = ".join(f"{i} {_code(report.token(i))}".rstrip() for i in g) for g in groups[:50]]
-        if len(groups) > 50:
-            lines.append(f"* ... and {len(groups) - 50} more")
-    if report.notes:
-        lines += ["", "## Notes", ""] + [f"* {note}" for note in report.notes]
-    stage_times = ", ".join(f"{k} {v:.2f} s" for k, v in report.stage_seconds.items())
-    lines += ["", "## Time", "", f"{report.seconds:.2f} s in all" + (f" ({stage_times})." if stage_times else ".")]
-    lines += ["", "Margin bounds are plotted in `margins.png`." if plotted
-              else "margins.png was skipped: matplotlib is not installed (pip install 'unargmax_jax[plot]')."]
-    return "\n".join(lines) + "\n"
+def _ceiling_section(report, closest: int, columns) -> list[str]:
+    if not report.ceiling_ids.size:
+        return []
+    order = np.argsort(report.ceiling_upper, kind="stable")[:closest]
+    lines = ["", f"## Lowest probability ceilings ({order.size} of {report.ceiling_ids.size} computed)", "",
+             "The largest softmax probability each token can reach on the domain, proved to lie in the interval.",
+             "", f"| id |{columns[0]} verdict | ceiling |", f"|---|{columns[1]}---|---|"]
+    return lines + [f"| {report.ceiling_ids[r]} |{_token_cell(report, report.ceiling_ids[r])} "
+                    f"{NAMES[int(report.verdict[report.ceiling_ids[r]])]} | "
+                    f"[{report.ceiling_lower[r]:.6g}, {report.ceiling_upper[r]:.6g}] |" for r in order]
+
+
+def _ties_section(report) -> list[str]:
+    if not report.twins:
+        return []
+    groups = sorted({tuple(sorted([i, *t])) for i, t in report.twins.items()})
+    lines = ["", f"## Exact ties ({len(groups)} group(s) of identical row and bias)", ""]
+    lines += ["* " + " = ".join(f"{i} {_code(report.token(i))}".rstrip() for i in g) for g in groups[:50]]
+    if len(groups) > 50:
+        lines.append(f"* ... and {len(groups) - 50} more")
+    return lines
 
 
 def _symlog_edges(values: np.ndarray, linthresh: float, bins: int) -> np.ndarray:
@@ -158,8 +181,8 @@ def margins_png(report, *, bins: int = 60) -> bytes | None:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    good = report.lower[report.verdict == 1]
-    bad = report.upper[report.verdict == -1]
+    good = report.lower[report.verdict == ARGMAXABLE]
+    bad = report.upper[report.verdict == UNARGMAXABLE]
     good, bad = good[np.isfinite(good)], bad[np.isfinite(bad)]
     figure = Figure(figsize=(8, 4.5), dpi=100)
     ax = figure.subplots()

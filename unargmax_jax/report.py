@@ -15,6 +15,9 @@ the proved margin interval ``[lower, upper]`` and the stage that decided it.
 * ``ceiling_ids`` (q,), ``ceiling_points`` (q, d): for tokens whose probability ceiling
   was computed, the point x attaining the lower bound (the upper bound's dual point is
   softmax(z(x))); the bounds themselves are each token's ``"ceiling"`` in report.json.
+
+Every report is made by :func:`build_report` (or :func:`empty_report`), which gives
+each field its one dtype; :mod:`unargmax_jax.render` turns a report into text and PNG.
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import domains as dom
+from . import render
+from ._files import atomic_write
+from .csr import Certificates
+from .verdicts import CODES, DECIDED, NAMES, NOT_SELECTED, SKIPPED, UNARGMAXABLE
 
 FORMAT = "unargmax-report/1"
-VERDICT_NAMES = {1: "argmaxable", -1: "unargmaxable", 0: "undecided", 2: "skipped"}
-VERDICT_CODES = {name: code for code, name in VERDICT_NAMES.items()}
+VERDICT_NAMES = NAMES  # the names users and tests import from here
+VERDICT_CODES = CODES
 CERTIFICATE_FILE = "certificates.npz"
 REPORT_FILE = "report.json"
 TOKENS_FILE = "tokens.csv"
@@ -52,6 +58,12 @@ def head_sha256(W: np.ndarray, b: np.ndarray | None) -> str:
         digest.update(f"b{b.shape}".encode())
         digest.update(b.tobytes())
     return digest.hexdigest()
+
+
+def head_record(W: np.ndarray, b: np.ndarray | None) -> dict:
+    """A report's ``head`` entry for the head ``(W, b)``: shape, bias and :func:`head_sha256`."""
+    C, d = W.shape
+    return {"classes": int(C), "dim": int(d), "has_bias": b is not None, "sha256": head_sha256(W, b)}
 
 
 @dataclasses.dataclass
@@ -79,7 +91,7 @@ class Report:
         upper = np.minimum(np.nextafter(np.exp(np.asarray(result.log_upper, np.float64)), np.inf), 1.0)
         # A proved-unargmaxable token never strictly wins, so some rival's logit is at least
         # its own everywhere: its probability is at most 1/2.
-        capped = self.verdict[self.ceiling_ids] == -1
+        capped = self.verdict[self.ceiling_ids] == UNARGMAXABLE
         self.ceiling_upper = np.where(capped, np.minimum(upper, 0.5), upper)
         self.ceiling_points = np.asarray(result.points, np.float64)
 
@@ -125,13 +137,15 @@ class Report:
         rows = np.flatnonzero(self.witness_ids == token)
         return self.witnesses[rows[0]] if rows.size else None
 
+    @property
+    def certificates(self) -> Certificates:
+        """The ``certificate_*`` fields as one :class:`~unargmax_jax.csr.Certificates` table."""
+        return Certificates(self.certificate_ids, self.certificate_offsets, self.certificate_support,
+                            self.certificate_weights, self.certificate_rational)
+
     def certificate(self, token: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(support ids, weights) of the token's certificate, or None."""
-        rows = np.flatnonzero(self.certificate_ids == token)
-        if not rows.size:
-            return None
-        start, stop = self.certificate_offsets[rows[0]], self.certificate_offsets[rows[0] + 1]
-        return self.certificate_support[start:stop], self.certificate_weights[start:stop]
+        return self.certificates.find(token)
 
     # --------------------------------------------------------------- rendering
     def token(self, i: int) -> str | None:
@@ -157,7 +171,7 @@ class Report:
         if counts["skipped"]:
             lines.append(f"  skipped       {counts['skipped']:>9}  (not selected)")
         lines.append(f"  seconds       {self.seconds:>9.2f}")
-        stages, stage_counts = np.unique(self.stage[np.isin(self.verdict, (1, -1))], return_counts=True)
+        stages, stage_counts = np.unique(self.stage[np.isin(self.verdict, DECIDED)], return_counts=True)
         if stages.size:
             lines.append("decided by stage: " + ", ".join(f"{s} {n}" for s, n in zip(stages, stage_counts)))
         if self.twins:
@@ -210,8 +224,6 @@ class Report:
         ``summary.md`` and, when matplotlib is installed, ``margins.png``. Everything is
         rendered before the first file is written, so a failure leaves no new file.
         """
-        from . import render
-
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise ValueError(f"output path {out} exists and is not a directory")
@@ -234,15 +246,15 @@ class Report:
             "ceiling_ids": np.asarray(self.ceiling_ids, np.int64),
             "ceiling_points": np.asarray(self.ceiling_points, np.float64).reshape(-1, self.head["dim"]),
         }
-        _atomic_write(out / CERTIFICATE_FILE, lambda f: np.savez(f, **arrays))
+        atomic_write(out / CERTIFICATE_FILE, lambda f: np.savez(f, **arrays))
         for name in (TOKENS_FILE, SUMMARY_FILE):
-            _atomic_write(out / name, lambda f, text=texts[name]: f.write(text.encode()))
+            atomic_write(out / name, lambda f, text=texts[name]: f.write(text.encode()))
         if plot is not None:
-            _atomic_write(out / PLOT_FILE, lambda f: f.write(plot))
+            atomic_write(out / PLOT_FILE, lambda f: f.write(plot))
         elif (out / PLOT_FILE).exists():
             (out / PLOT_FILE).unlink()  # a stale plot from an earlier report would mislead
         # report.json last: a directory holding it holds a complete report.
-        _atomic_write(out / REPORT_FILE, lambda f: f.write(texts[REPORT_FILE].encode()))
+        atomic_write(out / REPORT_FILE, lambda f: f.write(texts[REPORT_FILE].encode()))
         return out
 
     @classmethod
@@ -276,40 +288,94 @@ class Report:
         C = data["head"]["classes"]
         if len(tokens) != C or [t["id"] for t in tokens] != list(range(C)):
             raise ValueError(f"{out / REPORT_FILE}: expected tokens 0..{C - 1} exactly once each")
-        return cls(
+        certificates = Certificates(*(arrays[f"certificate_{name}"] for name in Certificates._fields))
+        ceilings = _ceilings_from(tokens, arrays, data["head"]["dim"])
+        return build_report(
             head=data["head"],
             domain=dom.from_json(data["domain"]),
-            verdict=np.array([VERDICT_CODES[t["verdict"]] for t in tokens], np.int8),
-            lower=np.array([_from_json_float(t["lower"]) for t in tokens], np.float64),
-            upper=np.array([_from_json_float(t["upper"]) for t in tokens], np.float64),
-            stage=np.array([t["stage"] for t in tokens], dtype=np.str_),
-            twins={t["id"]: list(t["twins"]) for t in tokens if "twins" in t},
+            verdict=[VERDICT_CODES[t["verdict"]] for t in tokens],
+            lower=[_from_json_float(t["lower"]) for t in tokens],
+            upper=[_from_json_float(t["upper"]) for t in tokens],
+            stage=[t["stage"] for t in tokens],
+            twins={t["id"]: t["twins"] for t in tokens if "twins" in t},
             witness_ids=arrays["witness_ids"],
             witnesses=arrays["witnesses"],
-            certificate_ids=arrays["certificate_ids"],
-            certificate_offsets=arrays["certificate_offsets"],
-            certificate_support=arrays["certificate_support"],
-            certificate_weights=arrays["certificate_weights"],
-            certificate_rational=arrays["certificate_rational"],
+            certificates=certificates,
             settings=data.get("settings", {}),
             seconds=data["summary"].get("seconds", 0.0),
             stage_seconds=data["summary"].get("stage_seconds", {}),
             notes=data.get("notes", []),
             solved_on=data.get("solved_on"),
             tokens=[t.get("token") for t in tokens] if any("token" in t for t in tokens) else None,
-            **_ceilings_from(tokens, arrays, data["head"]["dim"]),
+            ceilings=ceilings,
         )
 
 
-def _ceilings_from(tokens: list, arrays: dict, d: int) -> dict:
-    """The ceiling fields of a loaded report: bounds from report.json, points from the npz."""
+def build_report(*, head: dict, domain: dom.Domain, verdict, lower, upper, stage, twins: dict, witness_ids,
+                 witnesses, certificates: Certificates, settings: dict, solved_on: dict | None = None,
+                 tokens: list | None = None, ceilings: tuple | None = None, notes=(), seconds: float = 0.0,
+                 stage_seconds: dict | None = None) -> Report:
+    """A :class:`Report` from its parts, each converted to the dtype the report holds.
+
+    Every place that makes a report (a check, a warm start, a merge of part reports, a
+    report read back from disk or from another process) goes through here, so they all
+    hold the same dtypes: verdict int8, bounds float64, stage and rational weights as the
+    narrowest str arrays, ids and offsets int64, weights float64. Witnesses keep their
+    dtype (each point is exact in it); arrays already of the right dtype are not copied.
+
+    Args:
+        head, domain, settings, solved_on, tokens, notes, seconds, stage_seconds: as the
+            :class:`Report` attributes of the same names.
+        verdict, lower, upper, stage: (C,) per-token arrays (or sequences).
+        twins: token id -> ids of its exact duplicates.
+        witness_ids, witnesses: (n,) ids and (n, d) points of the argmaxable tokens.
+        certificates: the certificates of the unargmaxable tokens.
+        ceilings: ``(ids, lower, upper, points)`` probability ceilings, or None (none).
+    """
+    table = Certificates(np.asarray(certificates.ids, np.int64), np.asarray(certificates.offsets, np.int64),
+                         np.asarray(certificates.support, np.int64), np.asarray(certificates.weights, np.float64),
+                         _strings(certificates.rational))
+    extra = {}
+    if ceilings is not None:
+        ids, low, high, points = ceilings
+        extra = dict(ceiling_ids=np.asarray(ids, np.int64), ceiling_lower=np.asarray(low, np.float64),
+                     ceiling_upper=np.asarray(high, np.float64), ceiling_points=np.asarray(points, np.float64))
+    return Report(
+        head=dict(head), domain=domain, verdict=np.asarray(verdict, np.int8), lower=np.asarray(lower, np.float64),
+        upper=np.asarray(upper, np.float64), stage=_strings(stage),
+        twins={int(i): [int(j) for j in others] for i, others in twins.items()},
+        witness_ids=np.asarray(witness_ids, np.int64), witnesses=np.asarray(witnesses),
+        certificate_ids=table.ids, certificate_offsets=table.offsets, certificate_support=table.support,
+        certificate_weights=table.weights, certificate_rational=table.rational, settings=dict(settings),
+        seconds=float(seconds), stage_seconds=dict(stage_seconds or {}), notes=list(notes), solved_on=solved_on,
+        tokens=tokens, **extra)
+
+
+def empty_report(head: dict, domain: dom.Domain, settings: dict) -> Report:
+    """A report on ``head`` with every token skipped and no evidence (to be filled in)."""
+    C, d = head["classes"], head["dim"]
+    return build_report(head=head, domain=domain, verdict=np.full(C, SKIPPED), lower=np.full(C, -np.inf),
+                        upper=np.full(C, np.inf), stage=np.full(C, NOT_SELECTED), twins={},
+                        witness_ids=np.zeros(0, np.int64), witnesses=np.zeros((0, d)),
+                        certificates=Certificates.empty(), settings=settings)
+
+
+def _strings(values) -> np.ndarray:
+    """A str array as narrow as its longest entry, as ``np.array(list_of_str)`` makes it."""
+    values = np.asarray(values, dtype=np.str_)
+    width = int(np.char.str_len(values).max()) if values.size else 0
+    return values.astype(f"<U{max(width, 1)}", copy=False)
+
+
+def _ceilings_from(tokens: list, arrays: dict, d: int) -> tuple:
+    """The ceilings of a loaded report, ``(ids, lower, upper, points)``: bounds from
+    report.json, points from the npz."""
     ids = np.asarray(arrays.get("ceiling_ids", np.zeros(0, np.int64)), np.int64)
     points = np.asarray(arrays.get("ceiling_points", np.zeros((0, d))), np.float64).reshape(-1, d)
     if ids.size != points.shape[0] or any("ceiling" not in tokens[int(i)] for i in ids):
         raise ValueError("ceiling points and bounds do not match")
-    return dict(ceiling_ids=ids, ceiling_points=points,
-                ceiling_lower=np.array([float(tokens[int(i)]["ceiling"][0]) for i in ids]),
-                ceiling_upper=np.array([float(tokens[int(i)]["ceiling"][1]) for i in ids]))
+    return (ids, np.array([float(tokens[int(i)]["ceiling"][0]) for i in ids]),
+            np.array([float(tokens[int(i)]["ceiling"][1]) for i in ids]), points)
 
 
 def _json_float(value: float):
@@ -326,21 +392,4 @@ def _from_json_float(value) -> float:
     return float(value)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory and rename, so no half file remains."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+_atomic_write = atomic_write  # resume and survey import it from here

@@ -2,7 +2,8 @@
 
 It shares no numerical code with the solver: float64 NumPy with its own rounding
 bound, and exact ``fractions.Fraction`` arithmetic wherever floats cannot settle a
-sign. Only the report's file format (``report``) and the domain classes are imported.
+sign. Only the report's file format (``report``, ``csr``, ``verdicts``) and the domain
+classes are imported.
 
 * argmaxable token i with witness x: x in X and
   :math:`\\min_{j \\ne i} z_i(x) - z_j(x) > 0` over every row j;
@@ -20,7 +21,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import domains as dom
+from .csr import Certificates
 from .report import Report
+from .verdicts import ARGMAXABLE, UNARGMAXABLE
 
 UNIT = 2.0**-53
 
@@ -129,9 +132,9 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
     upper = np.asarray(report.upper, np.float64)
     for i in np.flatnonzero((lower > upper) & np.isfinite(lower) & np.isfinite(upper)):
         fail(i, f"lower bound {lower[i]} exceeds upper bound {upper[i]}")
-    for i in np.flatnonzero((verdict == 1) & ~(lower > 0)):
+    for i in np.flatnonzero((verdict == ARGMAXABLE) & ~(lower > 0)):
         fail(i, f"argmaxable with lower bound {lower[i]} <= 0")
-    for i in np.flatnonzero((verdict == -1) & ~(upper <= 0)):
+    for i in np.flatnonzero((verdict == UNARGMAXABLE) & ~(upper <= 0)):
         fail(i, f"unargmaxable with upper bound {upper[i]} > 0")
 
     checked = _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail)
@@ -145,7 +148,7 @@ def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fa
     C, d = W.shape
     ids = np.asarray(report.witness_ids, np.int64)
     X = np.asarray(report.witnesses).reshape(-1, d)  # float16, float32 or float64; upcast block by block
-    argmaxable = set(np.flatnonzero(report.verdict == 1).tolist())
+    argmaxable = set(np.flatnonzero(report.verdict == ARGMAXABLE).tolist())
     if ids.size != X.shape[0] or len(set(ids.tolist())) != ids.size:
         for i in argmaxable:
             fail(i, "witness table is malformed")
@@ -158,9 +161,7 @@ def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fa
     # (The norms' own rounding, a relative d u, is covered by gamma_{d+4} against the
     # gamma_d a d-term dot product needs.)
     row_norms = np.linalg.norm(W, axis=1)
-    absb = np.abs(bias)
     checked = 0
-    pad_factor = _gamma(d + 4)
     for start in range(0, ids.size, block):
         part = ids[start:start + block]
         Xp = np.asarray(X[start:start + block], np.float64)
@@ -168,53 +169,64 @@ def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fa
             for i in part:
                 fail(i, "witness for a token id out of range")
             continue
-        rows = np.arange(part.size)
-        # Whole-block arrays (block x C), reused in place: z_i - z_j and its rounding pad.
-        Z = Xp @ W.T
-        Z += bias
-        gaps = Z[rows, part][:, None] - Z
-        pad = np.linalg.norm(Xp, axis=1)[:, None] * row_norms[None, :]
-        pad += pad[rows, part][:, None]
-        pad += absb[part][:, None]
-        pad += absb[None, :]
-        pad *= pad_factor
-        pad += 1e-300
-        # Not competitors: the token itself, and with ties="first" its twins (a lower twin
-        # is a failure of its own, below). Their entries are set to +inf.
-        others = np.zeros(Z.shape, bool)
-        others[rows, part] = True
-        if first_wins_ties:
-            others |= groups[part][:, None] == groups[None, :]
-        upper_estimate = np.add(gaps, pad, out=Z)  # Z is not needed any more
-        upper_estimate[others] = np.inf
-        beaten = np.any(upper_estimate < 0, axis=1)
-        upper_estimate = np.min(upper_estimate, axis=1) if C > 1 else np.full(part.size, np.inf)
-        unsettled = np.subtract(gaps, pad, out=gaps) <= 0
-        unsettled[others] = False
+        beaten, upper_estimate, unsettled = _witness_block(W, bias, row_norms, Xp, part, groups, first_wins_ties)
         for r, i in enumerate(part):
             i = int(i)
             if i not in argmaxable:
                 continue
-            x = Xp[r]
-            if not _in_domain(domain, x):
-                fail(i, "witness lies outside the domain")
-                continue
-            if first_wins_ties and np.any((groups == groups[i]) & (np.arange(C) < i)):
-                fail(i, "a lower-index twin wins the tie, so this token cannot be the argmax")
-                continue
-            if beaten[r]:
-                fail(i, "witness does not make the token the argmax")
-                continue
-            close = np.flatnonzero(unsettled[r])
-            if close.size and not _exact_margin_positive(W, bias, i, x, close):
-                fail(i, "witness does not make the token the strict argmax (exact check)")
-                continue
-            bound = float(upper_estimate[r])
-            if report.lower[i] > bound * (1 + 1e-9) + 1e-12 * (1 + abs(bound)):
-                fail(i, f"stored lower bound {report.lower[i]} exceeds the margin {bound} at the witness")
-                continue
-            checked += 1
+            why = _witness_failure(report, W, bias, domain, groups, first_wins_ties, i, Xp[r], beaten[r],
+                                   float(upper_estimate[r]), np.flatnonzero(unsettled[r]))
+            if why:
+                fail(i, why)
+            else:
+                checked += 1
     return checked
+
+
+def _witness_block(W, bias, row_norms, Xp, part, groups, first_wins_ties):
+    """For a block of witnesses: beaten by some row for sure, the margin's upper estimate, and
+    the rows the float64 products cannot settle (left to exact arithmetic)."""
+    C, d = W.shape
+    absb = np.abs(bias)
+    rows = np.arange(part.size)
+    # Whole-block arrays (block x C), reused in place: z_i - z_j and its rounding pad.
+    Z = Xp @ W.T
+    Z += bias
+    gaps = Z[rows, part][:, None] - Z
+    pad = np.linalg.norm(Xp, axis=1)[:, None] * row_norms[None, :]
+    pad += pad[rows, part][:, None]
+    pad += absb[part][:, None]
+    pad += absb[None, :]
+    pad *= _gamma(d + 4)
+    pad += 1e-300
+    # Not competitors: the token itself, and with ties="first" its twins (a lower twin
+    # is a failure of its own, below). Their entries are set to +inf.
+    others = np.zeros(Z.shape, bool)
+    others[rows, part] = True
+    if first_wins_ties:
+        others |= groups[part][:, None] == groups[None, :]
+    upper_estimate = np.add(gaps, pad, out=Z)  # Z is not needed any more
+    upper_estimate[others] = np.inf
+    beaten = np.any(upper_estimate < 0, axis=1)
+    upper_estimate = np.min(upper_estimate, axis=1) if C > 1 else np.full(part.size, np.inf)
+    unsettled = np.subtract(gaps, pad, out=gaps) <= 0
+    unsettled[others] = False
+    return beaten, upper_estimate, unsettled
+
+
+def _witness_failure(report, W, bias, domain, groups, first_wins_ties, i, x, beaten, bound, close) -> str | None:
+    """Why token i's witness x does not prove it argmaxable, or None when it does."""
+    if not _in_domain(domain, x):
+        return "witness lies outside the domain"
+    if first_wins_ties and np.any((groups == groups[i]) & (np.arange(W.shape[0]) < i)):
+        return "a lower-index twin wins the tie, so this token cannot be the argmax"
+    if beaten:
+        return "witness does not make the token the argmax"
+    if close.size and not _exact_margin_positive(W, bias, i, x, close):
+        return "witness does not make the token the strict argmax (exact check)"
+    if report.lower[i] > bound * (1 + 1e-9) + 1e-12 * (1 + abs(bound)):
+        return f"stored lower bound {report.lower[i]} exceeds the margin {bound} at the witness"
+    return None
 
 
 def _exact_margin_positive(W, bias, i, x, rows) -> bool:
@@ -234,7 +246,7 @@ def _check_certificates(report, W, b, bias, domain, fail) -> int:
     support_all = np.asarray(report.certificate_support, np.int64)
     weights_all = np.asarray(report.certificate_weights, np.float64)
     rational_all = np.asarray(report.certificate_rational).astype(str)
-    unargmaxable = set(np.flatnonzero(report.verdict == -1).tolist())
+    unargmaxable = set(np.flatnonzero(report.verdict == UNARGMAXABLE).tolist())
     well_formed = (offsets.size == ids.size + 1 and (offsets.size == 0 or offsets[0] == 0)
                    and np.all(np.diff(offsets) >= 0) and (offsets.size == 0 or offsets[-1] == support_all.size)
                    and support_all.size == weights_all.size == rational_all.size)
@@ -245,13 +257,9 @@ def _check_certificates(report, W, b, bias, domain, fail) -> int:
     for i in unargmaxable - set(ids.tolist()):
         fail(i, "unargmaxable but no certificate")
     checked = 0
-    for r, i in enumerate(ids):
-        i = int(i)
+    for i, support, weights, rational in Certificates(ids, offsets, support_all, weights_all, rational_all).rows():
         if i not in unargmaxable:
             continue
-        support = support_all[offsets[r]:offsets[r + 1]]
-        weights = weights_all[offsets[r]:offsets[r + 1]]
-        rational = rational_all[offsets[r]:offsets[r + 1]]
         if support.size == 0 or np.any((support < 0) | (support >= C)) or np.any(support == i):
             fail(i, "certificate support is empty, out of range, or contains the token itself")
             continue
@@ -400,6 +408,6 @@ def _check_ceilings(report, W, bias, domain, fail) -> None:
                                                  + abs(nu_log_nu) / s + abs(np.log(s)) + 1.0))
         log_upper = sigma + rest + pad
         # An unargmaxable token's probability is at most 1/2 (its certificate is checked on its own).
-        half_is_enough = report.verdict[i] == -1 and hi >= 0.5
+        half_is_enough = report.verdict[i] == UNARGMAXABLE and hi >= 0.5
         if hi < 1.0 and np.log(hi) < log_upper and np.log(hi) < 0 and not half_is_enough:
             fail(i, f"ceiling upper bound {hi} is below the dual bound {np.exp(min(log_upper, 0.0))} at its point")
