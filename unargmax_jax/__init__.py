@@ -2,7 +2,7 @@
 
 Public API::
 
-    from unargmax_jax import check, verify, load_head, head_from_flax, Box, Ball, Free, NormOutput, Report
+    from unargmax_jax import check, verify, load_head, head_from_flax, Box, Ball, Free, NormOutput, Report, Settings
     from unargmax_jax import ArgmaxableDense, Monitor
 """
 
@@ -16,6 +16,7 @@ from .heads import head_from_flax as head_from_flax
 from .heads import load_head as load_head
 from .monitor import Monitor as Monitor
 from .report import Report as Report
+from .settings import Settings as Settings
 from .verify import verify as verify
 
 

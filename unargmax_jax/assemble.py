@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import domains as dom
-from .report import Report, head_sha256
+from .csr import Certificates
+from .report import Report, build_report, head_record
 from .settings import Settings
 from .solve.evidence import Evidence
 from .verdicts import ARGMAXABLE, NOT_SELECTED, SKIPPED, TIE, UNARGMAXABLE
@@ -64,23 +65,12 @@ def assemble(W, b, user_domain: dom.Domain, problem: Problem, settings: Settings
     tokens.verdict[~selected] = SKIPPED
     tokens.lower[~selected], tokens.upper[~selected], tokens.stage[~selected] = -np.inf, np.inf, NOT_SELECTED
     witness_ids = np.flatnonzero(tokens.verdict == ARGMAXABLE)
-    cert_ids, offsets, support, weights, rational = _certificates(problem, evidence, tokens)
-    return Report(
-        head={"classes": int(C), "dim": int(d), "has_bias": b is not None, "sha256": head_sha256(W, b)},
-        domain=user_domain,
-        verdict=tokens.verdict.astype(np.int8),
-        lower=tokens.lower,
-        upper=tokens.upper,
-        stage=np.array(tokens.stage.tolist(), dtype=np.str_),
-        twins=tokens.twins,
-        witness_ids=witness_ids.astype(np.int64),
+    return build_report(
+        head=head_record(W, b), domain=user_domain, verdict=tokens.verdict, lower=tokens.lower, upper=tokens.upper,
+        stage=tokens.stage, twins=tokens.twins, witness_ids=witness_ids,
         witnesses=_witnesses(problem, evidence, witness_ids),
-        certificate_ids=np.asarray(cert_ids, np.int64),
-        certificate_offsets=np.asarray(offsets, np.int64),
-        certificate_support=np.asarray(support, np.int64),
-        certificate_weights=np.asarray(weights, np.float64),
-        certificate_rational=np.asarray(rational, dtype=np.str_),
-        settings={k: v for k, v in settings._asdict().items()},
+        certificates=Certificates.from_rows(_certificate_rows(problem, evidence, tokens)),
+        settings=settings._asdict(),
         solved_on=dom.to_json(problem.domain) if isinstance(user_domain, (dom.Free, dom.NormOutput)) else None,
     )
 
@@ -120,24 +110,16 @@ def _witnesses(problem: Problem, evidence: Evidence, witness_ids: np.ndarray) ->
     return witnesses
 
 
-def _certificates(problem: Problem, evidence: Evidence, tokens: _Tokens):
-    """CSR arrays (ids, offsets, support, weights, rational) of the unargmaxable tokens'
-    certificates, with support rows named by token id."""
-    cert_ids, offsets, support, weights, rational = [], [0], [], [], []
+def _certificate_rows(problem: Problem, evidence: Evidence, tokens: _Tokens):
+    """``(token, support, weights, rational)`` of each unargmaxable token's certificate,
+    with support rows named by token id (a tie's certificate is its twin, weight 1)."""
     for i in np.flatnonzero(tokens.verdict == UNARGMAXABLE):
         if i in tokens.tie_certificate:
-            s, w, r = [tokens.tie_certificate[i]], [1.0], ["1/1"]
-        else:
-            u = int(problem.row_of[i])
-            s = problem.token_of[evidence.cert_support[u]].tolist()
-            w = evidence.cert_weights[u].tolist()
-            r = evidence.cert_rational.get(u, [""] * len(s))
-        cert_ids.append(int(i))
-        support.extend(s)
-        weights.extend(w)
-        rational.extend(r)
-        offsets.append(len(support))
-    return cert_ids, offsets, support, weights, rational
+            yield int(i), [tokens.tie_certificate[i]], [1.0], ["1/1"]
+            continue
+        u = int(problem.row_of[i])
+        support = problem.token_of[evidence.cert_support[u]].tolist()
+        yield int(i), support, evidence.cert_weights[u].tolist(), evidence.cert_rational.get(u, [""] * len(support))
 
 
 def compact_rows(table: np.ndarray, rows: np.ndarray, *, block: int = 4096) -> np.ndarray:

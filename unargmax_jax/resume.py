@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import atomic_write
+from .csr import pack, unpack
 from .solve.evidence import restore
 from .verdicts import DECIDED, PHASES
 
@@ -29,15 +30,13 @@ FORMAT = "unargmax-partial/1"
 def _pack(table: dict, prefix: str, dtype) -> dict:
     """A dict id -> 1-D sequence as CSR arrays ``prefix_ids``, ``prefix_offsets``, ``prefix_values``."""
     ids = np.array(sorted(table), np.int64)
-    values = [np.asarray(table[int(i)], dtype).reshape(-1) for i in ids]
-    offsets = np.cumsum([0] + [v.size for v in values]).astype(np.int64)
-    flat = np.concatenate(values) if values else np.zeros(0, dtype)
-    return {f"{prefix}_ids": ids, f"{prefix}_offsets": offsets, f"{prefix}_values": flat.astype(dtype)}
+    offsets, values = pack([table[int(i)] for i in ids], dtype)
+    return {f"{prefix}_ids": ids, f"{prefix}_offsets": offsets, f"{prefix}_values": values}
 
 
 def _unpack(arrays: dict, prefix: str) -> dict:
-    ids, offsets, values = arrays[f"{prefix}_ids"], arrays[f"{prefix}_offsets"], arrays[f"{prefix}_values"]
-    return {int(i): values[offsets[r]:offsets[r + 1]] for r, i in enumerate(ids)}
+    rows = unpack(arrays[f"{prefix}_offsets"], arrays[f"{prefix}_values"])
+    return {int(i): row for i, row in zip(arrays[f"{prefix}_ids"], rows)}
 
 
 class Checkpoint:
