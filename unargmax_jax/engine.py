@@ -34,10 +34,10 @@ from .solve.evidence import Evidence, new_evidence
 from .solve.progress import Progress
 from .solve.warmup import later_stage_warmup
 from .twins import find_twins
-from .verdicts import ARGMAXABLE
+from .verdicts import ARGMAXABLE, STAGES
 
-# The stages in the order they run; each records into the same Evidence.
-PIPELINE = (("screen", screen.run), ("ascent", ascent.run), ("pdhg", pdhg.run), ("rational", rational.run))
+# The stages in the order they run (``verdicts.STAGES``); each records into the same Evidence.
+PIPELINE = tuple(zip(STAGES, (screen.run, ascent.run, pdhg.run, rational.run)))
 
 
 def check(
