@@ -391,5 +391,3 @@ def _json_float(value: float):
 def _from_json_float(value) -> float:
     return float(value)
 
-
-_atomic_write = atomic_write  # resume and survey import it from here
