@@ -6,7 +6,9 @@
 2. ``ascent``: smoothed-margin ascent (optax) over the top-k competitors;
 3. ``pdhg``: restarted PDHG rounds with row generation (fixed-capacity competitor
    sets refreshed from a full-head evaluation between rounds);
-4. ``rational``: exact rational LP on a few candidate rows for margins that no
+4. ``basis``: on a box, an optimal float64 basis per token (HiGHS, row generation), and
+   the witness, float64 certificate or exact (FLINT) certificate read off it;
+5. ``rational``: exact rational LP on a few candidate rows for margins that no
    floating-point bound can sign (exactly 0, e.g. rows inside the hull without bias).
 
 Every verdict rests on a rigorous bound (``bounds``) or an exact computation
@@ -28,7 +30,7 @@ from .heads import aligned, validate_head
 from .report import Report, head_sha256
 from .resume import Checkpoint, Phases
 from .settings import SCHEDULING_FIELDS, Settings, settings_from
-from .solve import ascent, pdhg, rational, screen
+from .solve import ascent, basis, pdhg, rational, screen
 from .solve.context import device_dtype, half_witnesses, make_context
 from .solve.evidence import Evidence, new_evidence
 from .solve.progress import Progress
@@ -37,7 +39,7 @@ from .twins import find_twins
 from .verdicts import ARGMAXABLE, STAGES
 
 # The stages in the order they run (``verdicts.STAGES``); each records into the same Evidence.
-PIPELINE = tuple(zip(STAGES, (screen.run, ascent.run, pdhg.run, rational.run)))
+PIPELINE = tuple(zip(STAGES, (screen.run, ascent.run, pdhg.run, basis.run, rational.run)))
 
 
 def check(

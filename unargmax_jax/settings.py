@@ -31,6 +31,8 @@ class Settings(NamedTuple):
         pdhg_round_iterations: PDHG iterations between competitor-set refreshes.
         pdhg_adaptive_step: PDLP's adaptive step size instead of a fixed one (see
             :func:`unargmax_jax.solve.pdhg.solve`).
+        basis_rounds: row-generation rounds of the float64 basis stage per token (each adds
+            the rows most violated at the LP's vertex and re-solves from the last basis).
         rational_max_dim: the exact rational stage runs only when d is at most this.
         rational_seconds: time limit of the exact rational stage, for all its tokens.
         free_box_radius: on ``Free`` with a bias, margins are solved (and reported) on the
@@ -54,6 +56,7 @@ class Settings(NamedTuple):
     pdhg_iterations: int = 8192
     pdhg_round_iterations: int = 512
     pdhg_adaptive_step: bool = False
+    basis_rounds: int = 40
     rational_max_dim: int = 64
     rational_seconds: float = 60.0
     free_box_radius: float = 1e4

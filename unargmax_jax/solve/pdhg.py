@@ -372,7 +372,9 @@ def _token_budget(ctx: Context) -> int:
 
 
 def _exact_available(ctx: Context) -> bool:
-    return ctx.W.shape[1] <= ctx.settings.rational_max_dim
+    """Whether a later stage decides margins of exactly 0: the basis stage on a box (any d),
+    the rational stage for d <= ``rational_max_dim``."""
+    return isinstance(ctx.domain, dom.Box) or ctx.W.shape[1] <= ctx.settings.rational_max_dim
 
 
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:

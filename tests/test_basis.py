@@ -1,0 +1,106 @@
+"""The float64 basis stage: every token of heads that look trained decided, checked against HiGHS
+(scipy), against margins planted exactly, and by ``verify``."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import unargmax_jax as ua
+from unargmax_jax import domains as dom
+from unargmax_jax.solve import basis
+from unargmax_jax.trained import trained_head
+from unargmax_jax.verdicts import ARGMAXABLE, UNARGMAXABLE
+
+from helpers import highs_margins
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return trained_head(1200, 16, steps=150, batch=512, seed=3)
+
+
+@pytest.mark.parametrize("radius", [100.0, 10.0])
+def test_trained_head_every_token_decided_and_agrees_with_highs(trained, radius):
+    W, b = trained
+    # A short PDHG budget hands many tokens to the basis stage, which must decide them all.
+    report = ua.check(W, b, dom.Box(-radius, radius), pdhg_iterations=256, pdhg_round_iterations=128)
+    assert report.counts()["undecided"] == 0
+    assert np.sum(report.stage == "basis") > 0
+    hard = np.flatnonzero(np.isin(report.stage, ["pdhg", "basis"]))
+    truth = highs_margins(W, b, -radius, radius, hard)
+    clear = np.abs(truth) > 1e-7  # HiGHS's own tolerance; planted tests cover the thin ones
+    assert np.all((truth[clear] > 0) == (report.verdict[hard][clear] == ARGMAXABLE))
+    assert ua.verify(report, W, b).ok
+
+
+def _planted_head(d: int, C: int, margin: float, *, bias: bool, seed: int = 0):
+    """Dyadic rows; rows 0 and 1 tie at the top at x = 0 (the others lower by >= 64); the
+    planted last row w = (w_0 + w_1) / 2 (exact) with b = b_0 + margin * scale has margin
+    exactly that: min over rows 0, 1 of z - z_j is at most it everywhere, and equal at x = 0.
+    Returns (W, b, token, exact margin)."""
+    rng = np.random.default_rng(seed)
+    W = np.round(rng.standard_normal((C, d)) * 64) / 64
+    b = -64.0 - np.round(rng.random(C) * 64) / 64
+    b[:2] = 0.0
+    scale = 100.0 * np.abs(W).sum(axis=1).max()
+    eps = float(np.sign(margin) * 2.0 ** np.round(np.log2(abs(margin) * scale))) if margin else 0.0
+    W = np.vstack([W, (W[0] + W[1]) / 2]).astype(np.float32)
+    b = np.r_[b, eps]
+    assert np.all(W[-1] == (W[0].astype(np.float64) + W[1]) / 2) and abs(eps) < 32
+    return W, (b.astype(np.float32) if bias else None), C, eps
+
+
+@pytest.mark.parametrize("d", [16, 64])
+@pytest.mark.parametrize("margin", [1e-3, -1e-3, 1e-6, -1e-6])
+def test_planted_margins_are_decided_with_their_sign(d, margin):
+    W, b, token, eps = _planted_head(d, 300, margin, bias=True)
+    report = ua.check(W, b)
+    assert report.verdict[token] == (ARGMAXABLE if eps > 0 else UNARGMAXABLE), report.stage[token]
+    assert report.lower[token] <= eps <= report.upper[token]
+    assert report.counts()["undecided"] == 0
+    assert ua.verify(report, W, b).ok
+
+
+@pytest.mark.parametrize("d", [128, 1024])
+def test_exact_convex_combination_without_bias_at_any_dimension(d):
+    """Margin exactly 0 (w = (w_0 + w_1) / 2, no bias): only exact arithmetic decides it."""
+    W, _, token, _ = _planted_head(d, 40, 0.0, bias=False)
+    report = ua.check(W)
+    assert report.verdict[token] == UNARGMAXABLE and report.stage[token] == "basis"
+    assert report.upper[token] == 0.0
+    assert report.counts()["undecided"] == 0
+    assert ua.verify(report, W).ok
+
+
+def test_float_certificate_bound_covers_the_exact_value():
+    rng = np.random.default_rng(1)
+    W = rng.standard_normal((30, 8)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32).astype(np.float64)
+    lo, hi = np.full(8, -3.0), np.full(8, 2.5)
+    for _ in range(20):
+        support = rng.choice(np.arange(1, 30), size=6, replace=False)
+        weights = rng.random(6)
+        bound = basis.float_certificate_bound(W, b, lo, hi, 0, support, weights)
+        lam = [Fraction(float(w)) for w in weights]
+        s = sum(lam)
+        g = [Fraction(float(W[0, k])) * s - sum(l * Fraction(float(W[j, k])) for l, j in zip(lam, support))
+             for k in range(8)]
+        exact = (Fraction(float(b[0])) * s - sum(l * Fraction(float(b[j])) for l, j in zip(lam, support))
+                 + sum(max(gk * Fraction(lo[k]), gk * Fraction(hi[k])) for k, gk in enumerate(g))) / s
+        assert exact <= Fraction(bound)
+
+
+def test_tampered_basis_certificate_is_refused():
+    W, b, token, eps = _planted_head(16, 300, -1e-6, bias=True)
+    report = ua.check(W, b)
+    assert report.verdict[token] == UNARGMAXABLE and report.stage[token] == "basis"
+    assert ua.verify(report, W, b).ok
+    row = int(np.flatnonzero(np.asarray(report.certificate_ids) == token)[0])
+    start, stop = report.certificate_offsets[row], report.certificate_offsets[row + 1]
+    # Rows 2.. lie below rows 0 and 1 by at least 64 at x = 0: any combination of them fails.
+    report.certificate_support[start:stop] = np.arange(2, 2 + stop - start)
+    result = ua.verify(report, W, b)
+    assert not result.ok and token in result.failed

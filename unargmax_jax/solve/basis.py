@@ -1,0 +1,386 @@
+"""Stage 4: optimal float64 bases for the rows PDHG leaves open, and proofs read off them.
+
+For token i on a box, HiGHS's dual simplex solves the margin LP on competitor rows S,
+
+.. math:: \\max_{x \\in [lo, hi],\\, t}\\; t \\;\\text{s.t.}\\;
+          (w_i - w_j)^T x + b_i - b_j \\ge t \\quad (j \\in S),
+
+with row generation against all C rows (rows violated at the optimum x join S), warm
+started from PDHG's competitor set. HiGHS only finds the basis: every verdict rests on
+this package's own bounds.
+
+* t > 0: the vertex x is a witness, its margin bounded in float64 with a rounding pad
+  and exactly on the rows float64 cannot settle (:func:`rational.exact_witness_margin`).
+* t < 0: the row duals lam are a certificate; :func:`float_certificate_bound` bounds
+  :math:`U(\\lambda) = b_i - \\lambda^T b + \\sigma(w_i - W^T \\lambda)` in float64 with a
+  pad. Float32 iterates cannot sign a margin of -1e-4 on [-100, 100]^120 (their residual
+  g alone costs ~1e-3); float64 duals of an optimal basis have g ~ 1e-16 |W|.
+* |t| inside the float64 pad (margin exactly 0, e.g. a convex combination of rows in a
+  head without bias): the basis's square system (active rows J, free coordinates F,
+  :math:`W_{J,F}^T \\lambda = w_{i,F},\\ 1^T \\lambda = 1`) is solved exactly with FLINT
+  (``python-flint``) on the dyadic values as integers, and U is evaluated exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import domains as dom
+from ..resume import Phases
+from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
+from .context import Context
+from .evidence import Evidence, pending, start_points
+from .rational import candidate_rows, exact_witness_margin, float_at_least
+
+U64 = 2.0 ** -53
+
+
+def _gamma(n: int) -> float:
+    """:math:`\\gamma_n` for float64, doubled so the pad's own rounding is covered."""
+    return 2.0 * n * U64 / (1.0 - n * U64)
+
+
+class Basis(NamedTuple):
+    """An optimal basis of one token's LP on rows S (float64, from HiGHS).
+
+    Attributes:
+        rows: (k,) competitor ids S.
+        x: (d,) the optimal vertex; ``t``: its margin on S.
+        lam: (k,) the row duals, >= 0 (a certificate's weights, before normalising).
+        active: (k,) rows that are nonbasic (tight) in the basis: the support J.
+        free: (d,) coordinates basic in the basis (strictly inside the box): F.
+        complete: no row outside S beats the vertex (row generation converged).
+    """
+
+    rows: np.ndarray
+    x: np.ndarray
+    t: float
+    lam: np.ndarray
+    active: np.ndarray
+    free: np.ndarray
+    complete: bool
+
+
+def _rows64(W, rows) -> np.ndarray:
+    """Rows of the head as float64 (exact: every float32 is a float64)."""
+    return np.asarray(W[rows], np.float64)
+
+
+def margins64(W, b64: np.ndarray, token: int, x: np.ndarray, *, block: int = 1 << 15):
+    """Float64 :math:`z_i(x) - z_j(x)` and :math:`(|w_i| + |w_j|)^T |x| + |b_i| + |b_j|` for every
+    row j, a block of rows at a time (no float64 copy of the head)."""
+    own = _rows64(W, [token])[0]
+    margins, magnitude = np.empty(W.shape[0]), np.empty(W.shape[0])
+    ax = np.abs(x)
+    for start in range(0, W.shape[0], block):
+        rows = np.asarray(W[start:start + block], np.float64)
+        margins[start:start + block] = (own @ x + b64[token]) - (rows @ x + b64[start:start + block])
+        magnitude[start:start + block] = np.abs(own) @ ax + np.abs(rows) @ ax + abs(b64[token]) + np.abs(b64[start:start + block])
+    return margins, magnitude
+
+
+class _TokenLP:
+    """One token's LP in HiGHS, grown row by row (each re-solve warm-starts from the last basis)."""
+
+    def __init__(self, W, b64: np.ndarray, token: int, lo: np.ndarray, hi: np.ndarray):
+        import highspy
+
+        self._highspy = highspy
+        self.W, self.b64, self.token = W, b64, token
+        self.own = _rows64(W, [token])[0]
+        d = W.shape[1]
+        self.lp = highspy.Highs()
+        self.lp.setOptionValue("output_flag", False)
+        # Each re-solve starts from the last optimal basis: presolve would throw it away.
+        self.lp.setOptionValue("presolve", "off")
+        for name in ("primal_feasibility_tolerance", "dual_feasibility_tolerance"):
+            self.lp.setOptionValue(name, 1e-10)
+        inf = highspy.kHighsInf
+        self.lp.addVars(d + 1, np.r_[lo, -inf], np.r_[hi, inf])
+        self.lp.changeColsCost(d + 1, np.arange(d + 1, dtype=np.int32), np.r_[np.zeros(d), -1.0])
+        self.rows: list[int] = []
+
+    def add(self, rows) -> None:
+        """Constraints (w_i - w_j)^T x - t >= b_j - b_i for rows j."""
+        rows = np.asarray(rows, np.int64)
+        n, d = rows.size, self.W.shape[1]
+        A = np.hstack([self.own - _rows64(self.W, rows), -np.ones((n, 1))])
+        self.lp.addRows(n, self.b64[rows] - self.b64[self.token], np.full(n, self._highspy.kHighsInf), n * (d + 1),
+                        np.arange(n, dtype=np.int32) * (d + 1), np.tile(np.arange(d + 1, dtype=np.int32), n), A.ravel())
+        self.rows.extend(int(j) for j in rows)
+
+    def guess(self, x: np.ndarray, weights: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Start from the basis a near-optimal (x, lam) suggests (a crossover): coordinates
+        strictly inside the box basic, the rest at their nearer bound, and the |F| + 1 rows
+        of largest weight tight. The count is always right, and the simplex repairs the rest."""
+        status = self._highspy.HighsBasisStatus
+        width = hi - lo
+        inside = (x > lo + 1e-4 * width) & (x < hi - 1e-4 * width)
+        guess = self._highspy.HighsBasis()
+        guess.col_status = [status.kBasic if f else (status.kLower if v - a <= c - v else status.kUpper)
+                            for f, v, a, c in zip(inside, x, lo, hi)] + [status.kBasic]
+        tight = set(np.argsort(-weights, kind="stable")[: int(inside.sum()) + 1].tolist())
+        guess.row_status = [status.kLower if r in tight else status.kBasic for r in range(len(self.rows))]
+        guess.valid = True
+        self.lp.setBasis(guess)
+
+    def solve(self):
+        """(x, t, row duals, row tight, column basic) at the optimum, or None."""
+        self.lp.run()
+        if self.lp.getModelStatus() != self._highspy.HighsModelStatus.kOptimal:
+            return None
+        solution, basis = self.lp.getSolution(), self.lp.getBasis()
+        values = np.asarray(solution.col_value, np.float64)
+        basic = self._highspy.HighsBasisStatus.kBasic
+        tight = np.array([s != basic for s in basis.row_status], bool)
+        free = np.array([s == basic for s in basis.col_status[:-1]], bool)
+        return values[:-1], float(values[-1]), np.abs(np.asarray(solution.row_dual, np.float64)), tight, free
+
+
+def _violated(W, b64, token: int, x: np.ndarray, t: float, rows: list, *, exact: bool) -> np.ndarray:
+    """Rows outside S whose margin at x is below t, most violated first. The float32 pass
+    (the head's own dtype) finds them cheaply; the float64 pass confirms that none is left."""
+    if exact:
+        margins, magnitude = margins64(W, b64, token, x)
+        slack = 1e-13 * magnitude
+    else:
+        z = np.asarray(W @ x.astype(W.dtype), np.float64) + b64
+        margins = z[token] - z
+        slack = 1e-5 * (np.abs(margins) + abs(t)) + 1e-30
+    margins[token] = np.inf
+    margins[rows] = np.inf
+    violated = np.flatnonzero(margins < t - slack)
+    return violated[np.argsort(margins[violated])]
+
+
+def optimal_basis(W, b64: np.ndarray, token: int, lo: np.ndarray, hi: np.ndarray, start, *, rounds: int, grow: int,
+                  deadline: float, x0: np.ndarray | None = None, weights0: np.ndarray | None = None) -> Basis | None:
+    """Row generation from rows ``start``: solve on S, add the ``grow`` rows most violated
+    at the vertex, until none is (``complete``), ``rounds`` runs out or the deadline passes.
+    With an approximate optimum (``x0``, and ``weights0`` on ``start``) the first solve
+    starts from the basis it suggests."""
+    lp = _TokenLP(W, b64, token, lo, hi)
+    lp.add(start)
+    if x0 is not None and weights0 is not None:
+        lp.guess(np.asarray(x0, np.float64), np.asarray(weights0, np.float64), lo, hi)
+    for _ in range(rounds):
+        solved = lp.solve()
+        if solved is None:
+            return None
+        x, t, lam, tight, free = solved
+        violated = _violated(W, b64, token, x, t, lp.rows, exact=False)
+        if violated.size == 0:
+            violated = _violated(W, b64, token, x, t, lp.rows, exact=True)
+        if violated.size == 0 or time.monotonic() > deadline:
+            return Basis(np.array(lp.rows), x, t, lam, tight, free, violated.size == 0)
+        lp.add(violated[:grow])
+    return Basis(np.array(lp.rows), x, t, lam, tight, free, False)
+
+
+def float_certificate_bound(W, b64, lo, hi, token: int, support, weights) -> float:
+    """Rigorous float64 upper bound on :math:`U(\\lambda)/s` over the box (s = sum of weights).
+
+    Every sum of n products is off by at most :math:`\\gamma_n` times the sum of the
+    absolute products (any summation order), so each term below carries that pad.
+    """
+    weights = np.maximum(np.asarray(weights, np.float64), 0.0)
+    s = float(weights.sum())
+    if not s > 0:
+        return np.inf
+    d, k = W.shape[1], weights.size
+    rows, own = _rows64(W, support), _rows64(W, [token])[0]
+    g = s * own - weights @ rows
+    g_err = _gamma(k + 4) * (s * np.abs(own) + weights @ np.abs(rows))
+    bias = s * b64[token] - weights @ b64[support]
+    bias_err = _gamma(k + 4) * (s * abs(b64[token]) + weights @ np.abs(b64[support]))
+    sigma_terms = np.maximum(g * lo, g * hi)
+    sigma = float(sigma_terms.sum())
+    extent = np.maximum(np.abs(lo), np.abs(hi))
+    pad = bias_err + float(g_err @ extent) + _gamma(d + 4) * (float(np.abs(sigma_terms).sum()) + abs(bias) + abs(sigma))
+    upper = (bias + sigma + pad + 1e-300) / s
+    return upper * (1 + 4 * U64) if upper > 0 else upper * (1 - 4 * U64)
+
+
+def _dyadic_integers(*arrays):
+    """The float64 arrays times one power of two 2^-e that makes every entry an integer
+    (exact: a float is m 2^e with an integer m), as Python ints, and e."""
+    values = np.concatenate([np.ravel(a) for a in arrays])
+    nonzero = values[values != 0]
+    e = int(np.min(np.frexp(nonzero)[1])) - 53 if nonzero.size else 0
+    return [np.vectorize(int, otypes=[object])(np.ldexp(np.asarray(a, np.float64), -e)) for a in arrays], e
+
+
+class ExactCertificate(NamedTuple):
+    support: np.ndarray  # row ids J
+    weights: list  # Fractions, sum 1
+    upper: Fraction  # exact U(lam)
+
+
+def exact_certificate(W, b64, lo, hi, token: int, basis: Basis, *, free_only: bool) -> ExactCertificate | None:
+    """Solve the basis's square system exactly and evaluate U exactly; None if it is not
+    square, singular, or its solution is not a certificate (lam < 0 or U > 0).
+
+    ``free_only``: on R^d only g = 0 is a certificate, so every coordinate must be free.
+    """
+    import flint
+
+    J = basis.rows[basis.active]
+    F = np.flatnonzero(basis.free)
+    if J.size != F.size + 1 or (free_only and F.size != W.shape[1]):
+        return None
+    rows, own = _rows64(W, J), _rows64(W, [token])[0]
+    M = np.vstack([rows[:, F].T, np.ones((1, J.size))])
+    (M_int, rhs_int), _ = _dyadic_integers(M, np.r_[own[F], 1.0][:, None])
+    try:
+        lam = flint.fmpz_mat(M_int.tolist()).solve(flint.fmpz_mat(rhs_int.tolist()))
+    except ZeroDivisionError:
+        return None
+    weights = [Fraction(int(lam[r, 0].p), int(lam[r, 0].q)) for r in range(J.size)]
+    if any(w < 0 for w in weights):
+        return None
+    fixed = np.setdiff1d(np.arange(W.shape[1]), F)
+    upper = _exact_upper(rows[:, fixed], own[fixed], b64[token], b64[J], lo[fixed], hi[fixed], lam)
+    if upper > 0:
+        return None
+    keep = [r for r, w in enumerate(weights) if w != 0]
+    return ExactCertificate(J[keep], [weights[r] for r in keep], upper)
+
+
+def _fmpq(value: float):
+    import flint
+
+    return flint.fmpq(*float(value).as_integer_ratio())
+
+
+def _exact_upper(rows, own, b_own, b_rows, lo, hi, lam) -> Fraction:
+    """Exact :math:`b_i - \\lambda^T b_J + \\sum_k \\max(g_k lo_k, g_k hi_k)` over the fixed
+    coordinates k (``rows``, ``own`` restricted to them; on the free ones g = 0 exactly)."""
+    import flint
+
+    upper = _fmpq(b_own)
+    for r, value in enumerate(b_rows):
+        upper -= lam[r, 0] * _fmpq(value)
+    if own.size:
+        (rows_int, own_int), e = _dyadic_integers(rows.T, own)
+        combined = flint.fmpq_mat(flint.fmpz_mat(rows_int.tolist())) * lam  # W_J^T lam, scaled by 2^-e
+        scale = flint.fmpq(2) ** e if e >= 0 else 1 / flint.fmpq(2) ** (-e)
+        for k in range(own.size):
+            g = (flint.fmpq(int(own_int[k])) - combined[k, 0]) * scale
+            upper += g * _fmpq(hi[k] if g > 0 else lo[k])
+    return Fraction(int(upper.p), int(upper.q))
+
+
+def witness_lower(W, b64: np.ndarray, token: int, x: np.ndarray):
+    """A rigorous lower bound on :math:`\\min_{j \\ne i} z_i(x) - z_j(x)` (float64 with a pad;
+    exact, with Fractions, on the rows the pad cannot settle), or None if a row beats i."""
+    margins, magnitude = margins64(W, b64, token, x)
+    pad = _gamma(W.shape[1] + 4) * magnitude + 1e-300
+    margins[token], pad[token] = np.inf, 0.0
+    if np.any(margins + pad < 0):
+        return None
+    unsettled = np.flatnonzero(margins - pad <= 0)
+    settled = np.delete(margins - pad, unsettled)
+    lower = float(np.min(settled)) * (1 - 4 * U64) if settled.size else np.inf
+    if unsettled.size == 0:
+        return lower
+    xs = [Fraction(float(v)) for v in x]
+    own = sum((Fraction(float(w)) * v for w, v in zip(_rows64(W, [token])[0], xs)), Fraction(float(b64[token])))
+    exact = min(own - sum((Fraction(float(w)) * v for w, v in zip(_rows64(W, [j])[0], xs)), Fraction(float(b64[j])))
+                for j in unsettled)
+    return exact if exact <= 0 or exact < lower else lower
+
+
+def refined_vertex(W, b64: np.ndarray, token: int, basis: Basis, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The basis's vertex re-solved in float64 from its square system (fixed coordinates at
+    their bounds, the tight rows' margins equal), with one step of iterative refinement;
+    HiGHS's own vertex is only as accurate as its tolerances."""
+    J, F = basis.rows[basis.active], np.flatnonzero(basis.free)
+    x = np.clip(basis.x, lo, hi)
+    if J.size != F.size + 1:
+        return x
+    fixed = ~basis.free
+    x[fixed] = np.where(np.abs(x[fixed] - lo[fixed]) <= np.abs(x[fixed] - hi[fixed]), lo[fixed], hi[fixed])
+    A = _rows64(W, [token])[0] - _rows64(W, J)
+    c = b64[token] - b64[J]
+    M = np.hstack([A[:, F], -np.ones((J.size, 1))])
+    rhs = -(c + A[:, fixed] @ x[fixed])
+    try:
+        y = np.linalg.solve(M, rhs)
+        y += np.linalg.solve(M, rhs - M @ y)
+    except np.linalg.LinAlgError:
+        return np.clip(basis.x, lo, hi)
+    x[F] = y[:-1]
+    return np.clip(x, lo, hi)
+
+
+# ----------------------------------------------------------------------------- the stage
+def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
+    """An optimal basis per row still open after PDHG (boxes only, one row at a time on the
+    host), and the witness or certificate it gives."""
+    todo = phases.todo("basis", pending(evidence))
+    if not todo.size or not isinstance(ctx.domain, dom.Box):
+        return
+    d = ctx.W.shape[1]
+    b64 = np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
+    lo = np.broadcast_to(np.asarray(ctx.domain.lo, np.float64), (d,)).copy()
+    hi = np.broadcast_to(np.asarray(ctx.domain.hi, np.float64), (d,)).copy()
+    for n, i in enumerate(todo):
+        if ctx.expired():
+            break
+        _decide_row(ctx, evidence, int(i), b64, lo, hi)
+        ctx.progress.update("basis", n + 1, todo.size)
+
+
+def _start_rows(ctx: Context, evidence: Evidence, i: int) -> list[int]:
+    rows = candidate_rows(evidence, i, ctx.W.shape[1])
+    return rows or [int(j) for j in np.argsort(np.asarray(ctx.W, np.float32) @ np.asarray(ctx.W[i], np.float32))[::-1][:2]
+                    if j != i][:1]
+
+
+def _start_weights(evidence: Evidence, i: int, start: list[int]) -> np.ndarray:
+    """The best certificate's weights on the start rows (0 off its support)."""
+    weights = dict(zip(np.asarray(evidence.cert_support.get(i, []), np.int64).tolist(),
+                       np.asarray(evidence.cert_weights.get(i, []), np.float64).tolist()))
+    return np.array([weights.get(j, 0.0) for j in start])
+
+
+def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> None:
+    """Row i's optimal basis, then: a witness from its vertex when t > 0, else a float64
+    certificate from its duals, else an exact one from its square system."""
+    settings, W = ctx.settings, ctx.W
+    start = _start_rows(ctx, evidence, i)
+    basis = optimal_basis(W, b64, i, lo, hi, start, rounds=settings.basis_rounds, grow=max(32, W.shape[1] // 2),
+                          deadline=ctx.deadline, x0=start_points(ctx, evidence, np.array([i]))[0],
+                          weights0=_start_weights(evidence, i, start))
+    if basis is None:
+        return
+    if basis.t > 0:
+        for x in (np.clip(basis.x, lo, hi), refined_vertex(W, b64, i, basis, lo, hi)):
+            lower = witness_lower(W, b64, i, x)
+            if lower is not None and lower > 0:
+                evidence.verdict[i], evidence.stage[i] = ARGMAXABLE, "basis"
+                evidence.lower[i] = -float_at_least(-lower)
+                evidence.exact_witness[i] = x
+                return
+    support = basis.rows[basis.lam > 0]
+    weights = basis.lam[basis.lam > 0]
+    if not ctx.exact_certificates_only and support.size:
+        upper = float_certificate_bound(W, b64, lo, hi, i, support, weights)
+        if upper < evidence.upper[i]:
+            evidence.upper[i] = upper
+            evidence.cert_support[i], evidence.cert_weights[i] = support, weights / weights.sum()
+            evidence.cert_rational.pop(i, None)
+        if upper <= 0:
+            evidence.verdict[i], evidence.stage[i] = UNARGMAXABLE, "basis"
+            return
+    exact = exact_certificate(W, b64, lo, hi, i, basis, free_only=ctx.exact_certificates_only)
+    if exact is not None and evidence.verdict[i] == UNDECIDED:
+        evidence.verdict[i], evidence.stage[i] = UNARGMAXABLE, "basis"
+        evidence.upper[i] = float_at_least(exact.upper)
+        evidence.cert_support[i] = exact.support
+        evidence.cert_weights[i] = np.array([float(w) for w in exact.weights])
+        evidence.cert_rational[i] = [f"{w.numerator}/{w.denominator}" for w in exact.weights]
