@@ -1,0 +1,242 @@
+"""Model ids (``unargmax check org/name``) against a fake Hugging Face Hub on 127.0.0.1.
+
+The fake Hub serves what ``huggingface_hub`` really calls: model info
+(``/api/models/<repo>/revision/<rev>``), and ``/<repo>/resolve/<rev>/<file>`` for HEAD and
+GET with ETag, X-Repo-Commit, Content-Length and byte ranges (206 + Content-Range), and
+the Hub's X-Error-Code on 404s. It counts the bytes it serves, so the tests can check that
+only the head was fetched.
+"""
+
+import hashlib
+import http.server
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from unargmax_jax.cli import main
+from unargmax_jax.heads.hub import heads_cache, hub_cache, parse_model_id
+from unargmax_jax.report import Report
+
+pytest.importorskip("huggingface_hub")
+
+
+class FakeHub:
+    """Repositories as {repo: (commit, {file: bytes})}; ``served`` counts bytes per file."""
+
+    def __init__(self):
+        self.repos, self.served, self.truncate = {}, {}, set()
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                hub.answer(self, body=False)
+
+            def do_GET(self):
+                hub.answer(self, body=True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add(self, repo, files):
+        commit = hashlib.sha1(repo.encode()).hexdigest()
+        self.repos[repo] = (commit, files)
+        return commit
+
+    def answer(self, handler, body):
+        path = handler.path.split("?")[0]
+        info = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
+        resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        repo = (info or resolve).group(1) if (info or resolve) else None
+        if repo not in self.repos:
+            return self.error(handler, "RepoNotFound")
+        commit, files = self.repos[repo]
+        if info:
+            payload = json.dumps({"id": repo, "sha": commit, "private": False, "gated": False,
+                                  "siblings": [{"rfilename": name} for name in files]}).encode()
+            return self.send(handler, 200, {"Content-Type": "application/json"}, payload, body)
+        name = resolve.group(3)
+        if name not in files:
+            return self.error(handler, "EntryNotFound")
+        data = files[name]
+        headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
+        status, part = 200, data
+        if ranged:
+            start = int(ranged.group(1))
+            stop = min(int(ranged.group(2)) + 1 if ranged.group(2) else len(data), len(data))
+            status, part = 206, data[start:stop]
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+        if body:
+            self.served[name] = self.served.get(name, 0) + len(part)
+        self.send(handler, status, headers, part, body, cut=body and name in self.truncate and status == 206 and int(ranged.group(1)) > 0)
+
+    def error(self, handler, code):
+        self.send(handler, 404, {"X-Error-Code": code, "X-Error-Message": code}, b"{}", True)
+
+    def send(self, handler, status, headers, payload, body, cut=False):
+        handler.send_response(status)
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(payload)))
+        handler.end_headers()
+        if body:
+            handler.wfile.write(payload[: len(payload) // 2] if cut else payload)
+            handler.wfile.flush()
+            if cut:  # an interrupted download: the connection drops half way
+                handler.close_connection = True
+                handler.connection.shutdown(2)
+
+
+@pytest.fixture()
+def hub(tmp_path, monkeypatch):
+    fake = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", fake.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    yield fake
+    fake.server.shutdown()
+
+
+def _tokenizer(C):
+    return json.dumps({"model": {"vocab": {f"tok{i}": i for i in range(C)}}}).encode()
+
+
+def _circle(C, inside, scale=1.0):
+    """C rows on a circle, the first ``inside`` copied at half radius: exactly those are unargmaxable."""
+    angles = np.linspace(0, 2 * np.pi, C, endpoint=False)
+    W = np.stack([np.cos(angles), np.sin(angles)], axis=1) * scale
+    return np.concatenate([W, 0.5 * W[:inside]]).astype(np.float32)
+
+
+def _check(tmp_path, model, *extra):
+    out = tmp_path / "out"
+    return main(["check", model, "--out", str(out), "--quiet", "--domain", "box:1", *extra]), out
+
+
+def test_model_ids_are_told_from_paths(tmp_path):
+    assert parse_model_id("org/name") == ("org/name", "main")
+    assert parse_model_id("hf://org/name@v1.0") == ("org/name", "v1.0")
+    assert parse_model_id("hf://gpt2") == ("gpt2", "main")
+    assert parse_model_id("heads/missing.npz") is None  # a path, reported as "no such file"
+    assert parse_model_id("name") is None
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "name").mkdir()
+    assert parse_model_id(str(tmp_path / "org" / "name")) is None
+
+
+def test_tied_model_then_offline_recheck_from_the_cache(hub, tmp_path, monkeypatch, capsys):
+    W = _circle(12, 4)
+    weights = save({"model.embed_tokens.weight": W, "model.norm.weight": np.ones(2, np.float32)})
+    commit = hub.add("org/tied", {"model.safetensors": weights, "tokenizer.json": _tokenizer(16),
+                                  "config.json": b'{"rms_norm_eps": 1e-6}'})
+
+    code, out = _check(tmp_path, "org/tied", "--verify")
+    assert code == 0, capsys.readouterr().err
+    report = Report.load(out)
+    assert report.counts()["unargmaxable"] == 4 and report.head["has_bias"] is False
+    assert list(report.ids("unargmaxable")) == [12, 13, 14, 15] and report.tokens[12] == "tok12"
+    record = report.head["hub"]
+    assert record["commit"] == commit and record["repo"] == "org/tied" and record["from_cache"] is False
+    assert {f["file"] for f in record["files"]} >= {"model.safetensors", "tokenizer.json", "config.json"}
+    # The file is all head: fetched whole, into the Hugging Face cache, by huggingface_hub.
+    assert next(f for f in record["files"] if f["file"] == "model.safetensors")["whole"] is True
+    assert (hub_cache() / "models--org--tied" / "snapshots" / commit / "model.safetensors").is_file()
+    assert hub.served["model.safetensors"] <= 100_000 + len(weights)  # its header, then the file
+
+    # Offline: the same check from the cache, and the server sees no request at all.
+    hub.served.clear()
+    hub.server.shutdown()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out2 = _check(tmp_path / "again", "org/tied")
+    assert code == 0
+    assert Report.load(out2).head["hub"]["from_cache"] is True
+    assert Report.load(out2).head["sha256"] == report.head["sha256"]
+    assert main(["verify", str(out2), "--weights", "org/tied"]) == 0
+
+
+def test_sharded_untied_model_fetches_only_the_head(hub, tmp_path, capsys):
+    C, d = 16, 2  # every test's head has this shape, so the engine compiles its kernels once
+    W = _circle(C - 4, 4, scale=3.0)
+    big = np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32)  # 256 KB per layer
+    shard1 = save({"model.embed_tokens.weight": np.zeros((C, d), np.float32), "model.layers.0.w": big})
+    shard2 = save({"model.layers.1.w": big, "lm_head.weight": W, "model.layers.2.w": big,
+                   "model.norm.weight": np.full(d, 2.0, np.float32)})
+    weight_map = {"model.embed_tokens.weight": "s1.safetensors", "model.layers.0.w": "s1.safetensors",
+                  "model.layers.1.w": "s2.safetensors", "lm_head.weight": "s2.safetensors",
+                  "model.layers.2.w": "s2.safetensors", "model.norm.weight": "s2.safetensors"}
+    index = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    hub.add("org/sharded", {"model.safetensors.index.json": index, "s1.safetensors": shard1, "s2.safetensors": shard2})
+
+    code, out = _check(tmp_path, "hf://org/sharded", "--verify")
+    assert code == 0, capsys.readouterr().err
+    report = Report.load(out)
+    assert sorted(report.ids("unargmaxable")) == list(range(C - 4, C))
+    assert report.head["final_norm"]["names"] == ["model.norm.weight"]
+    assert "s1.safetensors" not in hub.served  # the shard without the head is never read
+    head_bytes = W.nbytes + d * 4
+    # The header read (at most 100 kB, as huggingface_hub reads it) plus the head's bytes,
+    # out of a 768 kB shard.
+    assert hub.served["s2.safetensors"] <= head_bytes + 100_001 < len(shard2) / 2
+    entry = next(f for f in report.head["hub"]["files"] if f["file"] == "s2.safetensors")
+    assert entry["whole"] is False and entry["bytes"] == head_bytes
+
+
+def test_final_logits_bias_model(hub, tmp_path, capsys):
+    W = _circle(16, 0)
+    b = np.zeros((1, 16), np.float32)
+    b[0, 4] = -100.0  # on [-1, 1]^2 every logit W x lies in [-2, 2]: token 4 always loses
+    weights = save({"model.shared.weight": W, "final_logits_bias": b})
+    hub.add("org/marian", {"model.safetensors": weights, "vocab.txt": b"".join(b"w%d\n" % i for i in range(16))})
+    code, out = _check(tmp_path, "org/marian")
+    assert code == 0, capsys.readouterr().err
+    report = Report.load(out)
+    assert report.head["bias_name"] == "final_logits_bias" and list(report.ids("unargmaxable")) == [4]
+    assert report.tokens[4] == "w4"
+
+
+def test_missing_repo_and_missing_head_are_one_line_errors(hub, tmp_path, capsys):
+    code, out = _check(tmp_path, "org/nothing")
+    err = capsys.readouterr().err
+    assert code == 2 and "no such model" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    hub.add("org/torch", {"pytorch_model.bin": b"x" * 10, "config.json": b"{}"})
+    code, out = _check(tmp_path, "org/torch")
+    err = capsys.readouterr().err
+    assert code == 2 and "no head found" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_offline_without_cache_and_network_down(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _ = _check(tmp_path, "org/tied")
+    assert code == 2 and "HF_HUB_OFFLINE=1" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    hub.server.shutdown()
+    hub.server.server_close()  # nothing listens on the port any more
+    code, out = _check(tmp_path, "org/tied")
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot reach" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_interrupted_download_leaves_no_corrupt_file(hub, tmp_path, capsys):
+    W = _circle(12, 4)
+    big = np.ones((200, 200), np.float32)
+    shard = save({"lm_head.weight": W, "model.layers.0.w": big})
+    hub.add("org/cut", {"model.safetensors": shard})
+    hub.truncate.add("model.safetensors")
+    code, out = _check(tmp_path, "org/cut")
+    err = capsys.readouterr().err
+    assert code == 2 and "interrupted" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    left = [p for p in heads_cache().rglob("*") if p.is_file()] + [p for p in hub_cache().rglob("*.safetensors")]
+    assert left == []  # no partial head anywhere in the caches
+    hub.truncate.clear()
+    code, out = _check(tmp_path, "org/cut")
+    assert code == 0 and list(Report.load(out).ids("unargmaxable")) == [12, 13, 14, 15]
