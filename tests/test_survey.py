@@ -63,5 +63,5 @@ def test_survey_bad_list_is_a_usage_error(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n")
     assert main(["survey", str(empty), "--out", str(tmp_path / "out")]) == 2
-    assert "expected one checkpoint path per line" in capsys.readouterr().err
+    assert "expected one checkpoint path or model id per line" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -129,7 +129,7 @@ def _inputs(args: argparse.Namespace):
     out = prepare_out_dir(args.out)
     head, hub_record = load_model(str(example_head_path()) if args.example else args.head, weight=args.weight,
                                   bias=args.bias, no_bias=args.no_bias, progress=not args.quiet)
-    domain = _norm_domain(head, norm_kind) if domain is None else domain
+    domain = norm_domain(head, norm_kind) if domain is None else domain
     dom.validate(domain, head.W.shape[1])
     selected = _selection(args, head)
     if args.ceiling and isinstance(domain, dom.Free):
@@ -175,7 +175,7 @@ def _add_ceilings(report: Report, head, domain: dom.Domain, *, steps: int, progr
     report.add_ceilings(ceilings(head.W, head.b, domain, tokens=ids, steps=steps, starts=starts))
 
 
-def _norm_domain(head, kind: str) -> dom.NormOutput:
+def norm_domain(head, kind: str) -> dom.NormOutput:
     """``--domain layernorm|rmsnorm``: the outputs of the checkpoint's final norm."""
     if head.norm is None:
         raise UsageError(f"--domain {kind} needs the final norm's scale (and shift) from the checkpoint, but "
