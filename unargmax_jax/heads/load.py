@@ -12,6 +12,7 @@ from .gguf import _GgufFile
 from .head import Head
 from .names import DIRECTORY_FILE_NAMES
 from .npz import _NpzFile
+from .onnx import _OnnxFile
 from .safetensors import _SafetensorsFile, _SafetensorsIndex
 from .select import _select
 from .validate import HeadError
@@ -21,6 +22,7 @@ from .validate import HeadError
 _FORMATS: dict[str, type[_Format]] = {".npz": _NpzFile, ".safetensors": _SafetensorsFile,
                                       ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile,
                                       ".msgpack": _MsgpackFile}
+_FORMATS[".onnx"] = _OnnxFile  # heads/onnx.py: the MatMul/Gemm that makes the graph's logits
 
 
 def _format_of(path: Path) -> type | None:
