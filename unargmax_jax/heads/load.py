@@ -22,12 +22,14 @@ from .validate import HeadError
 _FORMATS: dict[str, type[_Format]] = {".npz": _NpzFile, ".safetensors": _SafetensorsFile,
                                       ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile,
                                       ".msgpack": _MsgpackFile}
-_FORMATS[".onnx"] = _OnnxFile  # heads/onnx.py: the MatMul/Gemm that makes the graph's logits
 
 
 def _format_of(path: Path) -> type | None:
     name = path.name.lower()
     return next((opener for ending, opener in _FORMATS.items() if name.endswith(ending)), None)
+
+
+_FORMATS[".onnx"] = _OnnxFile  # heads/onnx.py: the MatMul/Gemm that makes the graph's logits
 
 
 def _head_file_in(directory: Path) -> Path:
