@@ -171,3 +171,17 @@ def test_interrupted_download_leaves_no_corrupt_file(hub, tmp_path, capsys):
     hub.truncate.clear()
     code, out = _check(tmp_path, "org/cut")
     assert code == 0 and list(Report.load(out).ids("unargmaxable")) == [12, 13, 14, 15]
+
+
+def test_a_weight_name_not_fetched_before_is_fetched(hub, tmp_path, capsys):
+    W = _circle(12, 4)
+    other = np.ascontiguousarray(W[::-1])
+    weights = save({"lm_head.weight": W, "model.embed_tokens.weight": other, "model.layers.0.w": np.ones((64, 64), np.float32)})
+    hub.add("org/two", {"model.safetensors": weights})
+    code, out = _check(tmp_path, "org/two")
+    assert code == 0 and Report.load(out).head["weight_name"] == "lm_head.weight"
+    code, out = _check(tmp_path / "b", "org/two", "--weight", "model.embed_tokens.weight")
+    assert code == 0, capsys.readouterr().err
+    report = Report.load(out)
+    assert report.head["weight_name"] == "model.embed_tokens.weight" and report.head["hub"]["from_cache"] is False
+    assert list(report.ids("unargmaxable")) == [0, 1, 2, 3]  # the inside rows, now first

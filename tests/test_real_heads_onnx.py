@@ -32,9 +32,11 @@ def test_ppocr_rec_head_is_found_in_the_graph():
 
 def test_ppocr_rec_sample_is_checked_and_verified(tmp_path, capsys):
     head = load_head(PATH)
-    ids = sorted(set(np.random.default_rng(0).choice(head.W.shape[0], 16, replace=False).tolist()) | {0})
+    ids = sorted(set(np.random.default_rng(0).choice(head.W.shape[0], 8, replace=False).tolist()) | {0})
     out = tmp_path / "out"
-    assert main(["check", str(PATH), "--tokens", ",".join(map(str, ids)), "--out", str(out), "--quiet"]) == 0
+    # --max-seconds bounds the CI time; tokens left undecided carry no evidence to check.
+    assert main(["check", str(PATH), "--tokens", ",".join(map(str, ids)), "--out", str(out), "--quiet",
+                 "--max-seconds", "20"]) == 0
     assert main(["verify", str(out), "--weights", str(PATH)]) == 0
     report = Report.load(out)
     W, b = np.asarray(head.W, np.float64), np.asarray(head.b, np.float64)

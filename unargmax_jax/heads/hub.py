@@ -136,13 +136,25 @@ def _complete_snapshot(snapshot: Path) -> bool:
         return False
 
 
-def cached(model: ModelId) -> Fetched | None:
-    """The model's head from the local caches, without any network call, or None."""
+def _holds(directory: Path, names) -> bool:
+    """Whether our head directory's index names every tensor in ``names``."""
+    try:
+        weight_map = json.loads((directory / _INDEX).read_text(encoding="utf-8"))["weight_map"]
+        return all(name in weight_map for name in names)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return False
+
+
+def cached(model: ModelId, *, weight: str | None = None, bias: str | None = None) -> Fetched | None:
+    """The model's head from the local caches, without any network call, or None.
+
+    A head fetched before without the ``weight``/``bias`` now asked for does not count.
+    """
     commit = _commit_of(model)
     if commit is None:
         return None
     ours = heads_cache() / _folder(model.repo) / commit
-    if (ours / _RECORD).is_file() and (ours / _INDEX).is_file():
+    if (ours / _RECORD).is_file() and _holds(ours, [n for n in (weight, bias) if n]):
         try:
             record = json.loads((ours / _RECORD).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError):
@@ -335,7 +347,7 @@ def fetch(model: ModelId, *, weight: str | None = None, bias: str | None = None,
             repository or revision, no head in it, the network down, or a download cut
             short; one line each. Nothing is left half-written in either cache.
     """
-    found = cached(model)
+    found = cached(model, weight=weight, bias=bias)
     if found is not None:
         return found
     if offline():
