@@ -8,6 +8,7 @@ only the head was fetched.
 """
 
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -83,6 +84,17 @@ def test_tied_model_then_offline_recheck_from_the_cache(hub, tmp_path, monkeypat
     assert Report.load(out2).head["sha256"] == report.head["sha256"]
     assert main(["verify", str(out2), "--weights", "org/tied"]) == 0
 
+    # The Hugging Face cache cleaned: the head's link into it dangles, so the head is fetched again.
+    shutil.rmtree(hub_cache())
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    restarted = hub_env(tmp_path / "second", monkeypatch)
+    second = next(restarted)
+    second.repos = hub.repos
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, out3 = _check(tmp_path / "third", "org/tied")
+    assert code == 0 and Report.load(out3).head["hub"]["from_cache"] is False
+    second.server.shutdown()
+
 
 def test_sharded_untied_model_fetches_only_the_head(hub, tmp_path, capsys):
     C, d = 16, 2  # every test's head has this shape, so the engine compiles its kernels once
@@ -132,6 +144,10 @@ def test_missing_repo_and_missing_head_are_one_line_errors(hub, tmp_path, capsys
     code, out = _check(tmp_path, "org/torch")
     err = capsys.readouterr().err
     assert code == 2 and "no head found" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    hub.add("org/encoder", {"model.safetensors": save({"encoder.layer.0.w": np.ones((4, 4), np.float32)})})
+    code, out = _check(tmp_path, "org/encoder")
+    err = capsys.readouterr().err
+    assert code == 2 and "no head found" in err and "--weight" in err and not out.exists()
 
 
 def test_gated_repo_and_missing_extra_are_one_line_errors(hub, tmp_path, monkeypatch, capsys):

@@ -137,10 +137,12 @@ def _complete_snapshot(snapshot: Path) -> bool:
 
 
 def _holds(directory: Path, names) -> bool:
-    """Whether our head directory's index names every tensor in ``names``."""
+    """Whether our head directory's index names every tensor in ``names``, and its files are there
+    (a shard linked into a since-cleaned Hugging Face cache is not)."""
     try:
         weight_map = json.loads((directory / _INDEX).read_text(encoding="utf-8"))["weight_map"]
-        return all(name in weight_map for name in names)
+        return (all(name in weight_map for name in names)
+                and all((directory / shard).is_file() for shard in set(weight_map.values())))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return False
 
@@ -205,8 +207,8 @@ def _hub_errors(hub, model: ModelId, endpoint: str):
         raise HeadError(f"{model}: a gated repository: accept its terms on the Hub, then log in "
                         f"(hf auth login, or set HF_TOKEN)") from None
     except errors.RepositoryNotFoundError:
-        raise HeadError(f"{model}: no such model on {endpoint} (a private one needs a login: hf auth login, "
-                        f"or set HF_TOKEN)") from None
+        raise HeadError(f"{model}: no such model on {endpoint}, nor a local path of that name (a private model "
+                        f"needs a login: hf auth login, or set HF_TOKEN)") from None
     except errors.RevisionNotFoundError:
         raise HeadError(f"{model}: the repository has no revision {model.revision!r}") from None
     except errors.EntryNotFoundError as err:
@@ -374,7 +376,12 @@ def _store(session: _Session, files: set[str], weight: str | None, bias: str | N
         record["local"] = str(final)
         (build / _RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)  # an older copy of the same commit
-        os.replace(build, final)
+        try:
+            os.replace(build, final)
+        except OSError:
+            if not (final / _RECORD).is_file():
+                raise
+            # another process fetched the same commit meanwhile: its complete copy stands
     finally:
         shutil.rmtree(build, ignore_errors=True)
     if not _COMMIT.fullmatch(session.model.revision):
