@@ -288,18 +288,21 @@ def _weight_map(session: _Session, files: set[str], small: dict[str, Path]) -> t
 
 def _fetch_shard(session: _Session, shard: str, names: list[str], header, build: Path, bar) -> dict:
     """Bring the tensors ``names`` of ``shard`` into ``build``: the whole shard or their byte ranges."""
-    if Path(shard).is_absolute() or ".." in Path(shard).parts:
-        raise HeadError(f"{session.model}: {_INDEX} names a shard outside the repository: {shard!r}")
     target = build / shard
     target.parent.mkdir(parents=True, exist_ok=True)
-    head_bytes = hub_fetch.tensor_bytes(header.tensors, names)
-    other_bytes = header.size - header.data_start - head_bytes  # the header itself is not "much else"
-    if other_bytes <= _WHOLE_SHARD_SLACK * head_bytes:
+    if _whole(header, names):
         _link(session.download(shard), target)
         return {"file": shard, "whole": True, "bytes": header.size, "tensors": names}
     ranges = hub_fetch.write_partial(session.hub, session.url(shard), header, names, target, progress=bar)
     return {"file": shard, "whole": False, "size": header.size, "ranges": ranges,
             "bytes": sum(b - a for a, b in ranges), "tensors": names}
+
+
+def _whole(header, names: list[str]) -> bool:
+    """Fetch the whole shard: the other tensors in it are at most 25% of the head's bytes."""
+    head_bytes = hub_fetch.tensor_bytes(header.tensors, names)
+    other_bytes = header.size - header.data_start - head_bytes  # the header itself is not "much else"
+    return other_bytes <= _WHOLE_SHARD_SLACK * head_bytes
 
 
 def _link(source: Path, target: Path) -> None:
@@ -319,12 +322,15 @@ def _build(session: _Session, files: set[str], build: Path, weight: str | None, 
     for name in names:
         by_shard.setdefault(weight_map[name], []).append(name)
     for shard in by_shard:
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise HeadError(f"{session.model}: {_INDEX} names a shard outside the repository: {shard!r}")
         if shard not in headers:
             headers[shard] = hub_fetch.remote_header(session.hub, session.url(shard), f"{session.model}/{shard}")
         missing = [n for n in by_shard[shard] if n not in headers[shard].tensors]
         if missing:
             raise HeadError(f"{session.model}: {_INDEX} puts {missing[0]!r} in {shard}, whose header has no such tensor")
-    total = sum(hub_fetch.tensor_bytes(headers[s].tensors, n) for s, n in by_shard.items())
+    total = sum(hub_fetch.tensor_bytes(headers[s].tensors, n) for s, n in by_shard.items()
+                if not _whole(headers[s], n))  # whole shards show huggingface_hub's own progress bar
     bar = hub_fetch.Progress(total, f"fetching the head of {session.model.repo}", enabled=session.progress)
     entries = [_fetch_shard(session, shard, shard_names, headers[shard], build, bar)
                for shard, shard_names in by_shard.items()]

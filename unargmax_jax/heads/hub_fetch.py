@@ -51,7 +51,7 @@ class Progress:
             print(f"\r{self.label}: {_size(self.done)} of {_size(self.total)}", end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        if self.enabled:
+        if self.enabled and self.total:
             print(f"\r{self.label}: {_size(self.done)} of {_size(self.total)}, done", file=sys.stderr, flush=True)
 
 
