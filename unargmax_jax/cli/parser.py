@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_check_command(sub) -> None:
     check = sub.add_parser("check", help="decide every token of a head and write a report")
-    check.add_argument("head", nargs="?", help="head file (.npz, .safetensors, .safetensors.index.json, .gguf, .msgpack), a directory holding "
+    check.add_argument("head", nargs="?", help="head file (.npz, .safetensors, .safetensors.index.json, .gguf, .msgpack, .onnx, PyTorch .bin/.pt/.pth, "
+                            "CTranslate2 or Marian .bin), a directory holding "
                             "model.safetensors or its index, or a Hugging Face model id org/name[@revision] "
                             "(also hf://org/name; needs the [hub] extra unless cached)")
     check.add_argument("--example", action="store_true", help="use the bundled example head")
