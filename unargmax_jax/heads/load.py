@@ -12,6 +12,7 @@ from .gguf import _GgufFile
 from .head import Head
 from .names import DIRECTORY_FILE_NAMES
 from .npz import _NpzFile
+from .onnx import _OnnxFile
 from .safetensors import _SafetensorsFile, _SafetensorsIndex
 from .select import _select
 from .validate import HeadError
@@ -26,6 +27,9 @@ _FORMATS: dict[str, type[_Format]] = {".npz": _NpzFile, ".safetensors": _Safeten
 def _format_of(path: Path) -> type | None:
     name = path.name.lower()
     return next((opener for ending, opener in _FORMATS.items() if name.endswith(ending)), None)
+
+
+_FORMATS[".onnx"] = _OnnxFile  # heads/onnx.py: the MatMul/Gemm that makes the graph's logits
 
 
 def _head_file_in(directory: Path) -> Path:
