@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from .ctranslate2 import _Ctranslate2File
 from .flax import _MsgpackFile
 from .formats import _Format
 from .gguf import _GgufFile
 from .head import Head
+from .marian import _MarianBinFile
 from .names import DIRECTORY_FILE_NAMES
 from .npz import _NpzFile
+from .pytorch import _TorchFile
 from .safetensors import _SafetensorsFile, _SafetensorsIndex
 from .select import _select
 from .validate import HeadError
 
+
+
+def _open_bin(path: Path) -> _Format:
+    """A ``.bin`` by its first bytes: a PyTorch zip (``PK``) or legacy pickle (``0x80``), a Marian
+    binary (uint64 file version 1), else a CTranslate2 ``model.bin`` (uint32 binary version)."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+    except OSError as err:
+        raise HeadError(f"{path}: unreadable ({err})") from None
+    if start[:2] == b"PK" or start[:1] == b"\x80":
+        return _TorchFile(path)
+    if len(start) == 8 and int.from_bytes(start, "little") == 1:
+        return _MarianBinFile(path)
+    return _Ctranslate2File(path)
+
+
 # File name ending -> format (an ending is matched case-insensitively). A new format is a
 # new module with a ``_Format`` subclass, and its ending here.
-_FORMATS: dict[str, type[_Format]] = {".npz": _NpzFile, ".safetensors": _SafetensorsFile,
-                                      ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile,
-                                      ".msgpack": _MsgpackFile}
+_FORMATS: dict[str, Callable[[Path], _Format]] = {
+    ".npz": _NpzFile, ".safetensors": _SafetensorsFile, ".safetensors.index.json": _SafetensorsIndex,
+    ".gguf": _GgufFile, ".msgpack": _MsgpackFile, ".pt": _TorchFile, ".pth": _TorchFile, ".bin": _open_bin,
+}
 
 
 def _format_of(path: Path) -> type | None:
