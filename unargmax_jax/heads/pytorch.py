@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import io
+import lzma
 import math
 import pickle
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,6 +48,9 @@ _LEGACY_ADVICE = ("re-save it in the zip format (torch >= 1.6: torch.save(torch.
 # What a damaged pickle or zip makes the standard library raise.
 _PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
                   MemoryError, RecursionError, OverflowError, struct.error, UnicodeDecodeError, ImportError)
+# What a damaged zip member makes zipfile (and its decompressors) raise.
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError, zlib.error,
+               lzma.LZMAError)
 
 
 class _StorageType(NamedTuple):
@@ -203,13 +208,13 @@ class _TorchFile(_Format):
             self._archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile:
             raise HeadError(_not_zip_message(path)) from None
-        except (OSError, ValueError, EOFError, NotImplementedError) as err:
+        except _ZIP_ERRORS + (struct.error,) as err:
             raise HeadError(f"{path}: not a readable zip archive ({err})") from None
         try:
             self._root = _pickle_name(path, self._archive)
             tree = self._unpickle(self._archive.read(self._root))
             self._byteorder = self._read_byteorder()
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as err:
+        except _ZIP_ERRORS as err:
             self._archive.close()
             if isinstance(err, HeadError):
                 raise
@@ -269,7 +274,7 @@ class _TorchFile(_Format):
                 return np.memmap(self.path, dtype=dtype, mode="r", offset=_member_data_offset(self.path, info),
                                  shape=(storage.numel,))
             raw = self._archive.read(member)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as err:
+        except _ZIP_ERRORS as err:
             raise HeadError(f"{self.path}: tensor {name!r}: storage {member!r} is unreadable ({err})") from None
         return np.frombuffer(raw, dtype=dtype, count=storage.numel)
 
