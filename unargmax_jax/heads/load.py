@@ -75,17 +75,22 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
 
     Args:
         path: a head file: ``.npz``, ``.safetensors``, ``.safetensors.index.json``
-            (sharded), ``.gguf`` (needs the ``gguf`` extra) or a Flax ``.msgpack``; or a
-            directory holding ``model.safetensors``, ``model.safetensors.index.json`` or
-            ``flax_model.msgpack`` (else a single head file).
+            (sharded), ``.gguf`` (needs the ``gguf`` extra; a gguf-split shard stands for
+            the whole model), a Flax ``.msgpack``, a PyTorch zip checkpoint (``.pt``,
+            ``.pth``, ``pytorch_model.bin``), a CTranslate2 ``model.bin`` or a Marian
+            binary ``.bin``; or a directory holding ``model.safetensors``,
+            ``model.safetensors.index.json``, ``flax_model.msgpack``, ``pytorch_model.bin``
+            or ``model.bin`` (else a single head file).
         weight: name of W; default: the first of the format's names present (npz: ``W``,
             else ``decoder_Wemb``, stored d x C; safetensors: ``SAFETENSORS_WEIGHT_NAMES``;
             gguf: ``output.weight``, else ``token_embd.weight``; msgpack: as
-            :func:`head_from_flax`, which also takes a module path such as ``lm_head``).
+            :func:`head_from_flax`, which also takes a module path such as ``lm_head``;
+            PyTorch, CTranslate2, Marian: see :mod:`unargmax_jax.heads`).
         bias: name of b; default: the weight's own bias if present (npz ``b``, or
             ``decoder_ff_logit_out_b`` next to ``decoder_Wemb``; safetensors
             ``lm_head.bias``, ``cls.predictions.bias``, else ``final_logits_bias``; gguf
-            ``output.bias``). An explicit name must exist. (1, C) and (C, 1) arrays are
+            ``output.bias``; CTranslate2 ``decoder/projection/bias``; Marian
+            ``decoder_ff_logit_out_b``). An explicit name must exist. (1, C) and (C, 1) arrays are
             flattened.
         no_bias: ignore any bias in the file (the head is ``z = W x``).
         tokens: look for token strings (``tokenizer.json`` or ``vocab.txt`` next to the
