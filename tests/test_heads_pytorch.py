@@ -143,3 +143,13 @@ def test_cli_refuses_a_hostile_checkpoint_with_exit_2_and_writes_nothing(tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "os.system" in err and "Traceback" not in err
     assert not out.exists() and not marker.exists()
+
+
+def test_a_bin_file_beside_another_head_file_does_not_hide_it(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"lm_head.weight": W}, str(tmp_path / "adapter.safetensors"))
+    (tmp_path / "training_args.bin").write_bytes(b"\x80\x02}q\x00.")
+    head = load_head(tmp_path)
+    assert head.source.endswith("adapter.safetensors")
+    np.testing.assert_array_equal(head.W, W)

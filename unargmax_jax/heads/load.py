@@ -64,6 +64,10 @@ def _head_file_in(directory: Path) -> Path:
         return indexes[0]
     if len(found) == 1:
         return found[0]
+    # A .bin beside one other head file is most likely not a head (training_args.bin, a lexical shortlist).
+    named = [p for p in found if not p.name.lower().endswith(".bin")]
+    if len(named) == 1:
+        return named[0]
     what = f"several: {[p.name for p in found]}; name one" if found else "none"
     raise HeadError(f"{directory}: is a directory; expected {' or '.join(DIRECTORY_FILE_NAMES)} in it, "
                     f"or a single head file ({', '.join(_FORMATS)}), found {what}")

@@ -43,6 +43,7 @@ _TORCH_DTYPES = {"float32": "<f4", "float": "<f4", "float64": "<f8", "double": "
                  "half": "<f2", "bfloat16": ml_dtypes.bfloat16, "int64": "<i8", "long": "<i8", "int32": "<i4",
                  "int": "<i4", "int16": "<i2", "short": "<i2", "int8": "i1", "uint8": "u1", "bool": "?"}
 _MAX_DEPTH = 16  # nesting of dicts in a state dict; deeper is not a checkpoint
+_MAX_PICKLE_BYTES = 1 << 28  # a state dict's pickle is a few MB; a larger one (a zip bomb) is not read
 _LEGACY_ADVICE = ("re-save it in the zip format (torch >= 1.6: torch.save(torch.load(path), new_path)) "
                   "or as safetensors (safetensors.torch.save_file(torch.load(path), 'model.safetensors'))")
 # What a damaged pickle or zip makes the standard library raise.
@@ -212,6 +213,9 @@ class _TorchFile(_Format):
             raise HeadError(f"{path}: not a readable zip archive ({err})") from None
         try:
             self._root = _pickle_name(path, self._archive)
+            if self._archive.getinfo(self._root).file_size > _MAX_PICKLE_BYTES:
+                raise HeadError(f"{path}: expected a state dict pickle of at most {_MAX_PICKLE_BYTES} bytes, "
+                                f"got {self._archive.getinfo(self._root).file_size}")
             tree = self._unpickle(self._archive.read(self._root))
             self._byteorder = self._read_byteorder()
         except _ZIP_ERRORS as err:
