@@ -153,3 +153,15 @@ def test_a_bin_file_beside_another_head_file_does_not_hide_it(tmp_path):
     head = load_head(tmp_path)
     assert head.source.endswith("adapter.safetensors")
     np.testing.assert_array_equal(head.W, W)
+
+
+def test_a_pickle_cannot_set_attributes_on_what_it_names(tmp_path):
+    """BUILD with slot state is setattr(global, ...): on the loader's stand-in functions it must fail."""
+    from unargmax_jax.heads import pytorch
+
+    for attribute, value in (("injected", p_str("yes")), ("__defaults__", p_tuple(p_str("x")))):
+        state = p_tuple(b"N" + b"}" + MARK + p_str(attribute) + value + b"u")  # (None, {attribute: value})
+        body = p_global("torch._utils", "_rebuild_tensor_v2") + state + b"b" + b"0" + b"}"  # BUILD, POP, a dict
+        with pytest.raises(HeadError, match="damaged pickle"):
+            load_head(_hostile(tmp_path, body))
+    assert not hasattr(pytorch._rebuild_tensor, "injected") and pytorch._rebuild_tensor.__defaults__ is None

@@ -108,9 +108,29 @@ def _rebuild_parameter(data, *_ignored):
     return data
 
 
+class _Call:
+    """What ``find_class`` hands the pickle for an allowed function: a fresh, read-only wrapper.
+
+    The pickle's BUILD opcode sets attributes on whatever it names; a wrapper that refuses them
+    keeps a hostile file from changing ``collections.OrderedDict`` or this module's functions.
+    """
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function):
+        object.__setattr__(self, "_function", function)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a state dict does not set attributes on {self._function.__name__}")
+
+    def __call__(self, *args):
+        return self._function(*args)
+
+
 def _rebuild_from_type(func, _new_type, args, _state=None):
     """``torch._tensor._rebuild_from_type_v2(func, type, args, state)``: ``func(*args)``, func one of ours."""
-    if func not in (_rebuild_tensor, _rebuild_parameter) or not isinstance(args, tuple):
+    if not (isinstance(func, _Call) and func._function in (_rebuild_tensor, _rebuild_parameter)
+            and isinstance(args, tuple)):
         raise _Refused("expected _rebuild_from_type_v2 to rebuild a tensor")
     return func(*args)
 
@@ -141,7 +161,7 @@ class _StateDictUnpickler(pickle.Unpickler):
         if found is None:
             raise _Refused(f"the pickled global {module}.{name} is not part of a state dict "
                            f"(allowed: torch tensors, storages, dtypes and collections.OrderedDict)")
-        return found
+        return _Call(found) if callable(found) else found  # markers are immutable tuples and strings
 
     def persistent_load(self, pid):
         # torch writes ('storage', storage_type, key, location, numel)
