@@ -146,6 +146,8 @@ def test_whisper_tiny_en_ctranslate2_float16_with_final_layernorm(tmp_path, caps
     np.testing.assert_array_equal(head.norm.gamma, np.memmap(path, "<f2", "r", 58769680, (384,)).astype(np.float64))
     lines = (path.parent / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
     assert head.tokens[:100] == tuple(lines[:100]) and head.tokens[50256] == lines[50256]
-    report = _check_sample(path, _sample(51864, size=12), tmp_path / "whisper", capsys)
-    assert report.ids("undecided").size == 0
-    _assert_witnesses_hold(report, head.W, head.b)
+    duplicates = _duplicate_rows(head.W)  # float16 rows shared by several tokens: ties, unargmaxable
+    assert duplicates.size > 0
+    report = _check_sample(path, duplicates[:6].tolist(), tmp_path / "whisper", capsys)
+    for i in duplicates[:6]:
+        assert report.verdict[i] == -1 and report.stage[i] == "tie", int(i)
