@@ -118,6 +118,10 @@ def test_legacy_and_damaged_files_give_one_line_errors(tmp_path):
     legacy.write_bytes(pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(HeadError, match="legacy .*torch.save"):
         load_head(legacy)
+    legacy_bin = tmp_path / "pytorch_model.bin"  # a .bin is told apart by its first bytes
+    legacy_bin.write_bytes(legacy.read_bytes())
+    with pytest.raises(HeadError, match="legacy .*torch.save"):
+        load_head(legacy_bin)
     data = state_dict_file({"lm_head.weight": contiguous("0", W)}, {"0": W})
     truncated = tmp_path / "t.pt"
     truncated.write_bytes(data[: len(data) // 2])
