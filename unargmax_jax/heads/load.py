@@ -37,7 +37,7 @@ def _open_bin(path: Path) -> _Format:
     if len(start) >= 4 and 1 <= int.from_bytes(start[:4], "little") <= 6:
         return _Ctranslate2File(path)
     raise HeadError(f"{path}: expected a .bin that is a PyTorch zip checkpoint, a Marian binary model or a "
-                    f"CTranslate2 model.bin, got a file starting with {start[:8]!r}")
+                    f"CTranslate2 model.bin (binary version 1 to 6), got a file starting with {start[:8]!r}")
 
 
 # File name ending -> format (an ending is matched case-insensitively). A new format is a
