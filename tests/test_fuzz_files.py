@@ -1,7 +1,7 @@
 """Damaged head files: every mutation either loads as a valid head or raises HeadError.
 
 Hypothesis flips bytes, truncates, appends and rewrites the length/header fields of small
-valid .npz, .safetensors, .gguf and .msgpack files. Nothing else may escape the loader
+valid .npz, .safetensors, .gguf, .msgpack, PyTorch zip, CTranslate2 and Marian files. Nothing else may escape the loader
 (no IndexError, struct.error, MemoryError, ...), and a head that loads is finite and 2-D.
 """
 
@@ -13,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from unargmax_jax.cli import main
 from unargmax_jax.heads import HeadError, load_head
+from file_writers import (PROTO, REDUCE, STOP, contiguous, ct2_model, marian_float, marian_model, p_global, p_str,
+                          p_tuple, state_dict_file, torch_zip)
 
 W = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5) / 3
 B = np.linspace(-1, 1, 4).astype(np.float32)
@@ -51,9 +54,27 @@ def _msgpack() -> bytes:
     return msgpack_serialize({"lm_head": {"kernel": W.T.copy(), "bias": B}})
 
 
+def _torch() -> bytes:
+    return state_dict_file({"lm_head.weight": contiguous("0", W), "lm_head.bias": contiguous("1", B)},
+                           {"0": W, "1": B})
+
+
+def _ctranslate2() -> bytes:
+    return ct2_model({"decoder/projection/weight": W, "decoder/projection/bias": B})
+
+
+def _marian() -> bytes:
+    return marian_model({"Wemb": marian_float(W), "decoder_ff_logit_out_b": marian_float(B.reshape(1, -1))})
+
+
+# File name endings of the formats (both .bin formats are told apart by their first bytes).
+SUFFIXES = [".npz", ".safetensors", ".gguf", ".msgpack", ".pt", "-ct2.bin", "-marian.bin"]
+
+
 @pytest.fixture(scope="module")
 def originals(tmp_path_factory):
-    return {".npz": _npz(), ".safetensors": _safetensors(), ".gguf": _gguf(tmp_path_factory), ".msgpack": _msgpack()}
+    return {".npz": _npz(), ".safetensors": _safetensors(), ".gguf": _gguf(tmp_path_factory), ".msgpack": _msgpack(),
+            ".pt": _torch(), "-ct2.bin": _ctranslate2(), "-marian.bin": _marian()}
 
 
 @st.composite
@@ -103,7 +124,7 @@ def _loads_or_refuses(path):
     return head
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".gguf", ".msgpack"])
+@pytest.mark.parametrize("suffix", SUFFIXES)
 @given(data=st.data())
 @settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_mutated_files_load_or_raise_head_error(originals, tmp_path, suffix, data):
@@ -114,7 +135,7 @@ def test_mutated_files_load_or_raise_head_error(originals, tmp_path, suffix, dat
     _loads_or_refuses(path)
 
 
-@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".gguf", ".msgpack"])
+@pytest.mark.parametrize("suffix", SUFFIXES)
 def test_unmutated_files_load_exactly(originals, tmp_path, suffix):
     path = tmp_path / f"head{suffix}"
     path.write_bytes(originals[suffix])
@@ -134,3 +155,48 @@ def test_regressions_found_by_fuzzing(originals, tmp_path, suffix, edits):
     path = tmp_path / f"head{suffix}"
     path.write_bytes(_apply(originals[suffix], edits))
     _loads_or_refuses(path)
+
+
+def _refused_by_the_cli(path, tmp_path, capsys, *expected: str) -> str:
+    """``unargmax check`` exits 2 with one line naming the problem and writes nothing."""
+    out = tmp_path / "out"
+    assert main(["check", str(path), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(word in err for word in expected), err
+    assert not out.exists()
+    return err
+
+
+@pytest.mark.parametrize("module, name", [("os", "system"), ("subprocess", "call"), ("builtins", "exec")])
+def test_a_pickle_that_would_run_a_command_is_refused_unrun(tmp_path, capsys, module, name):
+    marker = tmp_path / "executed"
+    call = p_global(module, name) + p_tuple(p_str(f"touch {marker}")) + REDUCE
+    for suffix in ("pytorch_model.bin", "model.pth"):
+        path = tmp_path / suffix
+        path.write_bytes(torch_zip(PROTO + call + STOP, {}))
+        _refused_by_the_cli(path, tmp_path, capsys, f"{module}.{name}", "nothing was executed")
+    assert not marker.exists()
+
+
+def test_truncated_zips_are_refused(originals, tmp_path, capsys):
+    data = originals[".pt"]
+    for cut in (2, 30, len(data) // 2, len(data) - 10):
+        path = tmp_path / "model.pt"
+        path.write_bytes(data[:cut])
+        _refused_by_the_cli(path, tmp_path, capsys, str(path))
+
+
+def test_a_ctranslate2_file_with_lying_sizes_is_refused(tmp_path, capsys):
+    for lie in (8, -8, 2**31):
+        path = tmp_path / "model.bin"
+        path.write_bytes(ct2_model({"decoder/projection/weight": W, "decoder/projection/bias": B}, size_lie=lie))
+        _refused_by_the_cli(path, tmp_path, capsys, "size field")
+
+
+def test_a_truncated_marian_model_is_refused(originals, tmp_path, capsys):
+    data = originals["-marian.bin"]
+    for cut in (12, 100, len(data) - 200):
+        path = tmp_path / "model.xx.bin"
+        path.write_bytes(data[:cut])
+        _refused_by_the_cli(path, tmp_path, capsys, "Marian")

@@ -195,8 +195,11 @@ def test_unusable_files(tmp_path):
         load_head(tmp_path / "missing.npz")
     with pytest.raises(HeadError, match=r"is a directory; expected model.safetensors"):
         load_head(tmp_path)
-    (tmp_path / "head.bin").write_bytes(b"{}")
-    with pytest.raises(HeadError, match=r"unsupported file type '.bin'; supported: .npz"):
+    (tmp_path / "head.h5").write_bytes(b"{}")
+    with pytest.raises(HeadError, match=r"unsupported file type '.h5'; supported: .npz"):
+        load_head(tmp_path / "head.h5")
+    (tmp_path / "head.bin").write_bytes(b"{}")  # .bin is PyTorch, Marian or CTranslate2: none of them
+    with pytest.raises(HeadError, match=r"expected a .bin that is a PyTorch zip checkpoint, a Marian"):
         load_head(tmp_path / "head.bin")
     (tmp_path / "noext").write_bytes(b"")
     with pytest.raises(HeadError, match=r"unsupported file type '\(no suffix\)'"):

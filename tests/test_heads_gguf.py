@@ -212,3 +212,33 @@ def test_real_smollm2_tokens_and_norm(smollm2_head):
     norm = head.norm
     assert norm.kind == "rmsnorm" and norm.gamma.shape == (576,) and norm.beta is None
     assert norm.names == ("output_norm.weight",) and 0 < norm.eps < 1e-3
+
+
+def _split_metadata(number: int, count: int, tensors: int):
+    def add(writer):  # the keys llama.cpp's gguf-split writes into every shard
+        writer.add_uint16("split.no", number)
+        writer.add_uint16("split.count", count)
+        writer.add_int32("split.tensors.count", tensors)
+    return add
+
+
+def test_a_gguf_split_model_is_read_whole_from_any_shard(gguf, tmp_path):
+    C, d = 10, 8
+    W, b, gamma = (rng.normal(size=(C, d)).astype(np.float32), rng.normal(size=C).astype(np.float32),
+                   rng.random(d).astype(np.float32))
+    write_gguf(gguf, tmp_path / "m-00001-of-00003.gguf", {"output_norm.weight": (gamma, None)}, tokens(C),
+               metadata=_split_metadata(0, 3, 3))
+    write_gguf(gguf, tmp_path / "m-00002-of-00003.gguf", {"output.weight": (W, None)},
+               metadata=_split_metadata(1, 3, 3))
+    write_gguf(gguf, tmp_path / "m-00003-of-00003.gguf", {"output.bias": (b, None)},
+               metadata=_split_metadata(2, 3, 3))
+    for shard in ("m-00001-of-00003.gguf", "m-00003-of-00003.gguf"):
+        head = load_head(tmp_path / shard)
+        assert (head.weight_name, head.bias_name) == ("output.weight", "output.bias")
+        np.testing.assert_array_equal(head.W, W)
+        np.testing.assert_array_equal(head.b, b)
+        assert head.tokens == tuple(tokens(C))
+        np.testing.assert_array_equal(head.norm.gamma, gamma)
+    (tmp_path / "m-00002-of-00003.gguf").unlink()
+    with pytest.raises(HeadError, match="missing m-00002-of-00003.gguf"):
+        load_head(tmp_path / "m-00001-of-00003.gguf")

@@ -303,8 +303,9 @@ def test_directories(tmp_path):
     assert load_head(tmp_path).source == str(tmp_path / "other.safetensors")  # the only head file
     np.savez(tmp_path / "head.npz", W=W)
     with pytest.raises(HeadError, match=r"is a directory; expected model.safetensors or model.safetensors.index.json "
-                                        r"or flax_model.msgpack in it, or a single head file \(.npz, .safetensors, "
-                                        r".safetensors.index.json, .gguf, .msgpack\), found several: "
+                                        r"or flax_model.msgpack or pytorch_model.bin or model.bin in it, or a single "
+                                        r"head file \(.npz, .safetensors, .safetensors.index.json, .gguf, .msgpack, "
+                                        r".pt, .pth, .bin\), found several: "
                                         r"\['head.npz', 'other.safetensors'\]; name one"):
         load_head(tmp_path)
     empty = tmp_path / "empty"

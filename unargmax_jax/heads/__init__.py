@@ -3,9 +3,10 @@
 A loader turns a file into a :class:`Head`: the weights ``W`` (C x d, one row per
 token), an optional bias ``b`` (C,), the array names they came from and the file.
 
-Supported formats (dispatch on the file name's ending, see ``load._FORMATS``; a directory
-stands for its ``model.safetensors``, ``model.safetensors.index.json`` or
-``flax_model.msgpack``, else its only head file):
+Supported formats (dispatch on the file name's ending, see ``load._FORMATS``; a ``.bin`` is
+told apart by its first bytes; a directory stands for its ``model.safetensors``,
+``model.safetensors.index.json``, ``flax_model.msgpack``, ``pytorch_model.bin`` or
+``model.bin``, else its only head file):
 
 * ``.npz`` (NumPy archives, as written by ``np.savez``; the published tool's format).
   Read with ``allow_pickle=False`` only: an object array is refused, never unpickled.
@@ -24,7 +25,17 @@ stands for its ``model.safetensors``, ``model.safetensors.index.json`` or
   (``pip install 'unargmax_jax[gguf]'``): tensors are dequantised with
   ``gguf.quants.dequantize`` a block of rows at a time. GGUF lists dimensions fastest
   first, so a head stored as ``[d, C]`` is read as C x d; the rows are checked against the
-  vocabulary size (``tokenizer.ggml.tokens``) when the file has one.
+  vocabulary size (``tokenizer.ggml.tokens``) when the file has one. A ``gguf-split`` model
+  (``*-00001-of-0000N.gguf``) is read whole from any of its shards.
+* PyTorch zip checkpoints (``pytorch_model.bin``, ``.pt``, ``.pth``), without torch and
+  without executing pickle: a restricted unpickler allows only what a state dict uses and
+  refuses any other global by name; storages are read from the zip (:mod:`.pytorch`).
+  Legacy non-zip torch files are refused with the conversion advice.
+* CTranslate2 ``model.bin`` (the spec format read directly: float32/float16/bfloat16, int8
+  and int16 with their ``_scale``, aliases), with ``vocabulary.json``/``.txt`` and the
+  decoder's final LayerNorm (:mod:`.ctranslate2`).
+* Marian binary models (``.bin``; float, and intgemm8/16 matrices followed by their float
+  multiplier), with vocabularies from ``.spm``, ``.yml`` or ``.json`` (:mod:`.marian`).
 
 Adding a format means writing one module with a ``_Format`` subclass (the ``_ArrayFile``
 interface of :mod:`.formats`: ``entries``, ``read``, ``close`` and the default names) and
@@ -45,6 +56,13 @@ Name resolution (the first name present wins; ``--weight``/``--bias`` override):
   bias is the head's own (``lm_head.bias``; ``cls.predictions.bias`` for BERT), else a
   Marian/BART ``final_logits_bias`` (stored (1, C)).
 * gguf: ``output.weight`` (bias ``output.bias``), else the tied ``token_embd.weight``.
+* PyTorch: the safetensors names, then ``PYTORCH_HEAD_NAMES`` (``decoder.out.weight``,
+  ``generator.weight``, ...), each also under the ``PYTORCH_WRAPPERS`` (``state_dict.``,
+  ``module.``, ...); the bias is the layer's own, else as for safetensors.
+* CTranslate2: ``decoder/projection/weight`` (bias ``decoder/projection/bias``), else
+  ``decoder/embeddings/weight``.
+* Marian binary: ``decoder_ff_logit_out_W`` (stored d x C), else ``decoder_Wemb`` or
+  ``Wemb``; the bias ``decoder_ff_logit_out_b``.
 
 Token strings come from ``tokenizer.json`` or ``vocab.txt`` next to the weights, or GGUF
 metadata (:mod:`unargmax_jax.heads.vocab`); the final LayerNorm/RMSNorm parameters from the
@@ -61,7 +79,7 @@ these values.
 Modules: :mod:`.validate` (:func:`validate_head`, the errors), :mod:`.names` (the name
 tables), :mod:`.head` (:class:`Head`, :class:`FinalNorm`), :mod:`.formats` (the interface
 every format provides), one module per format (:mod:`.npz`, :mod:`.safetensors`,
-:mod:`.gguf`, :mod:`.flax`), :mod:`.select` (choosing W and b in an opened file),
+:mod:`.gguf`, :mod:`.flax`, :mod:`.pytorch`, :mod:`.ctranslate2`, :mod:`.marian`), :mod:`.select` (choosing W and b in an opened file),
 :mod:`.load` (:func:`load_head`, the registry), :mod:`.vocab` (token strings).
 """
 

@@ -1,5 +1,8 @@
 """llama.cpp ``.gguf`` files, through the optional ``gguf`` package (``pip install 'unargmax_jax[gguf]'``).
 
+A model split with llama.cpp's ``gguf-split`` (``*-00001-of-0000N.gguf``) is read whole from
+any of its shards: the tensors of every shard, the metadata and vocabulary of the first.
+
 Tensors are dequantised with ``gguf.quants.dequantize`` a block of rows at a time. GGUF
 lists dimensions fastest first, so a head stored as ``[d, C]`` is read as C x d; the rows
 are checked against the vocabulary size (``tokenizer.ggml.tokens``) when the file has one.
@@ -10,6 +13,7 @@ are checked against the vocabulary size (``tokenizer.ggml.tokens``) when the fil
 from __future__ import annotations
 
 import gc
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,33 @@ from .validate import HeadError
 # What a damaged GGUF file makes the gguf reader raise (it parses untrusted bytes).
 _GGUF_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, OSError)
 _GGUF_UNQUANTISED = ("F64", "I8", "I16", "I32", "I64")  # typed arrays already; gguf only converts floats
+
+
+# llama.cpp's gguf-split names shard i of n PREFIX-0000i-of-0000n.gguf (numbered from 1).
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<number>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+def _split_paths(path: Path) -> list[Path]:
+    """Every shard of a gguf-split model, given any one of them (else just ``path``)."""
+    match = _SPLIT_NAME.match(path.name)
+    if match is None:
+        return [path]
+    count, number = int(match["count"]), int(match["number"])
+    if not 1 <= number <= count:
+        raise HeadError(f"{path}: expected a shard number between 1 and {count} in a gguf-split name, got {number}")
+    shards = [path.with_name(f"{match['prefix']}-{i:05d}-of-{count:05d}{path.suffix}") for i in range(1, count + 1)]
+    missing = [shard.name for shard in shards if not shard.is_file()]
+    if missing:
+        raise HeadError(f"{path}: shard {number} of a {count}-file gguf-split model; expected all shards next to it, "
+                        f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    return shards
+
+
+def _open_reader(gguf, path: Path):
+    try:
+        return gguf.GGUFReader(path, "r")
+    except _GGUF_READ_ERRORS as err:
+        raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
 
 
 class _GgufFile(_Format):
@@ -40,17 +71,22 @@ class _GgufFile(_Format):
             raise HeadError(f"{path}: reading GGUF files needs the gguf package: "
                             f"pip install 'unargmax_jax[gguf]'") from None
         self._dequantize = gguf.quants.dequantize
+        self._readers = [_open_reader(gguf, shard) for shard in _split_paths(path)]
+        reader = self._reader = self._readers[0]  # the first shard holds the metadata and the vocabulary
         try:
-            reader = gguf.GGUFReader(path, "r")
             tokens = reader.get_field("tokenizer.ggml.tokens")
             self.vocab_size = len(tokens.data) if tokens is not None else None
         except _GGUF_READ_ERRORS as err:
             raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
-        self._reader = reader
-        self._tensors = {tensor.name: tensor for tensor in reader.tensors}
+        self._tensors = {}
+        for shard in self._readers:
+            for tensor in shard.tensors:
+                if tensor.name in self._tensors:
+                    raise HeadError(f"{path}: tensor {tensor.name!r} is in more than one shard of the split")
+                self._tensors[tensor.name] = tensor
         # GGUF lists dimensions fastest first: a [d, C] head is C rows of d values.
-        self.entries = {tensor.name: _Entry(tuple(int(v) for v in reversed(tensor.shape.tolist())), None)
-                        for tensor in reader.tensors}
+        self.entries = {name: _Entry(tuple(int(v) for v in reversed(tensor.shape.tolist())), None)
+                        for name, tensor in self._tensors.items()}
 
     def read(self, name: str) -> np.ndarray:
         tensor, shape = self._tensors[name], self.entries[name].shape
@@ -99,7 +135,7 @@ class _GgufFile(_Format):
         # The reader holds a NumPy view per metadata item (every token and merge string):
         # for a real vocabulary that is more memory than the head. Drop it and hand the
         # freed heap back to the OS so the check that follows does not carry it.
-        self._reader = self._tensors = None
+        self._reader = self._tensors = self._readers = None
         gc.collect()
         return_freed_memory()
 

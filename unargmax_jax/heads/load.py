@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from .ctranslate2 import _Ctranslate2File
 from .flax import _MsgpackFile
 from .formats import _Format
 from .gguf import _GgufFile
 from .head import Head
+from .marian import _MarianBinFile
 from .names import DIRECTORY_FILE_NAMES
 from .npz import _NpzFile
 from .onnx import _OnnxFile
+from .pytorch import _TorchFile
 from .safetensors import _SafetensorsFile, _SafetensorsIndex
 from .select import _select
 from .validate import HeadError
 
+
+
+def _open_bin(path: Path) -> _Format:
+    """A ``.bin`` by its first bytes: a PyTorch zip (``PK``) or legacy pickle (``0x80``), a Marian
+    binary (uint64 file version 1), else a CTranslate2 ``model.bin`` (uint32 binary version)."""
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+    except OSError as err:
+        raise HeadError(f"{path}: unreadable ({err})") from None
+    if start[:2] == b"PK" or start[:1] == b"\x80":
+        return _TorchFile(path)
+    if len(start) == 8 and int.from_bytes(start, "little") == 1:
+        return _MarianBinFile(path)
+    if len(start) >= 4 and 1 <= int.from_bytes(start[:4], "little") <= 6:
+        return _Ctranslate2File(path)
+    raise HeadError(f"{path}: expected a .bin that is a PyTorch zip checkpoint, a Marian binary model or a "
+                    f"CTranslate2 model.bin (binary version 1 to 6), got a file starting with {start[:8]!r}")
+
+
 # File name ending -> format (an ending is matched case-insensitively). A new format is a
 # new module with a ``_Format`` subclass, and its ending here.
-_FORMATS: dict[str, type[_Format]] = {".npz": _NpzFile, ".safetensors": _SafetensorsFile,
-                                      ".safetensors.index.json": _SafetensorsIndex, ".gguf": _GgufFile,
-                                      ".msgpack": _MsgpackFile}
+_FORMATS: dict[str, Callable[[Path], _Format]] = {
+    ".npz": _NpzFile, ".safetensors": _SafetensorsFile, ".safetensors.index.json": _SafetensorsIndex,
+    ".gguf": _GgufFile, ".msgpack": _MsgpackFile, ".pt": _TorchFile, ".pth": _TorchFile, ".bin": _open_bin,
+}
 
 
 def _format_of(path: Path) -> type | None:
@@ -46,6 +71,10 @@ def _head_file_in(directory: Path) -> Path:
         return indexes[0]
     if len(found) == 1:
         return found[0]
+    # A .bin beside one other head file is most likely not a head (training_args.bin, a lexical shortlist).
+    named = [p for p in found if not p.name.lower().endswith(".bin")]
+    if len(named) == 1:
+        return named[0]
     what = f"several: {[p.name for p in found]}; name one" if found else "none"
     raise HeadError(f"{directory}: is a directory; expected {' or '.join(DIRECTORY_FILE_NAMES)} in it, "
                     f"or a single head file ({', '.join(_FORMATS)}), found {what}")
@@ -57,17 +86,22 @@ def load_head(path: str | os.PathLike, *, weight: str | None = None, bias: str |
 
     Args:
         path: a head file: ``.npz``, ``.safetensors``, ``.safetensors.index.json``
-            (sharded), ``.gguf`` (needs the ``gguf`` extra) or a Flax ``.msgpack``; or a
-            directory holding ``model.safetensors``, ``model.safetensors.index.json`` or
-            ``flax_model.msgpack`` (else a single head file).
+            (sharded), ``.gguf`` (needs the ``gguf`` extra; a gguf-split shard stands for
+            the whole model), a Flax ``.msgpack``, a PyTorch zip checkpoint (``.pt``,
+            ``.pth``, ``pytorch_model.bin``), a CTranslate2 ``model.bin`` or a Marian
+            binary ``.bin``; or a directory holding ``model.safetensors``,
+            ``model.safetensors.index.json``, ``flax_model.msgpack``, ``pytorch_model.bin``
+            or ``model.bin`` (else a single head file).
         weight: name of W; default: the first of the format's names present (npz: ``W``,
             else ``decoder_Wemb``, stored d x C; safetensors: ``SAFETENSORS_WEIGHT_NAMES``;
             gguf: ``output.weight``, else ``token_embd.weight``; msgpack: as
-            :func:`head_from_flax`, which also takes a module path such as ``lm_head``).
+            :func:`head_from_flax`, which also takes a module path such as ``lm_head``;
+            PyTorch, CTranslate2, Marian: see :mod:`unargmax_jax.heads`).
         bias: name of b; default: the weight's own bias if present (npz ``b``, or
             ``decoder_ff_logit_out_b`` next to ``decoder_Wemb``; safetensors
             ``lm_head.bias``, ``cls.predictions.bias``, else ``final_logits_bias``; gguf
-            ``output.bias``). An explicit name must exist. (1, C) and (C, 1) arrays are
+            ``output.bias``; CTranslate2 ``decoder/projection/bias``; Marian
+            ``decoder_ff_logit_out_b``). An explicit name must exist. (1, C) and (C, 1) arrays are
             flattened.
         no_bias: ignore any bias in the file (the head is ``z = W x``).
         tokens: look for token strings (``tokenizer.json`` or ``vocab.txt`` next to the

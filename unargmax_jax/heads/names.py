@@ -33,7 +33,8 @@ SAFETENSORS_BIAS_NAMES = {
 SAFETENSORS_OTHER_BIAS_NAMES = ("final_logits_bias",)  # Marian/BART add it to any head's logits
 GGUF_WEIGHT_NAMES = ("output.weight", "token_embd.weight")
 GGUF_BIAS_NAMES = {"output.weight": ("output.bias",)}
-DIRECTORY_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack")
+DIRECTORY_FILE_NAMES = ("model.safetensors", "model.safetensors.index.json", "flax_model.msgpack", "pytorch_model.bin",
+                        "model.bin")
 # The final norm before the head: (gamma, beta) names, the first pair present wins.
 NORM_NAMES = (
     ("model.norm.weight", "model.norm.bias"),  # Llama, Mistral, SmolLM, Qwen: RMSNorm
@@ -50,6 +51,7 @@ NORM_NAMES = (
     ("model/decoder/final_layer_norm/scale", "model/decoder/final_layer_norm/bias"),  # OPT
     ("cls/predictions/transform/LayerNorm/scale", "cls/predictions/transform/LayerNorm/bias"),
     ("lm_head/layer_norm/scale", "lm_head/layer_norm/bias"),  # RoBERTa MLM
+    ("decoder/layer_norm/gamma", "decoder/layer_norm/beta"),  # CTranslate2 (pre-norm decoders)
 )
 _LAYERNORM_HINTS = ("ln_f", "layer_norm", "layernorm")
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
@@ -67,3 +69,19 @@ _FLAX_NOT_VOCABULARY = ("pos", "wpe", "type", "segment")
 # ``word_embeddings`` have ``cls/predictions/bias`` and ``lm_head/bias``.
 FLAX_OTHER_BIAS_NAMES = ("final_logits_bias",)
 FLAX_TIED_BIAS_NAMES = ("cls/predictions/bias", "lm_head/bias")
+
+# PyTorch state dicts: the safetensors names, else the heads of hand-written seq2seq models
+# (the PyTorch tutorial's ``decoder.out``, OpenNMT's ``generator``, fairseq's
+# ``output_projection``), each also under the wrappers training scripts save them in.
+PYTORCH_HEAD_NAMES = ("decoder.out.weight", "out.weight", "generator.weight", "decoder.output_projection.weight",
+                      "output_projection.weight", "decoder.fc_out.weight", "fc_out.weight")
+PYTORCH_WRAPPERS = ("", "state_dict.", "model_state_dict.", "model.", "module.", "state_dict.module.")
+# CTranslate2 specs: the decoder's output projection (often an alias of the embeddings).
+CT2_WEIGHT_NAMES = ("decoder/projection/weight", "projection/weight", "decoder/embeddings/weight")
+CT2_BIAS_NAMES = {"decoder/projection/weight": ("decoder/projection/bias",),
+                  "projection/weight": ("projection/bias",)}
+CT2_VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt", "target_vocabulary.json", "target_vocabulary.txt",
+                        "shared_vocabulary.json", "shared_vocabulary.txt")
+# Marian: an untied output layer [d, C], else the tied decoder or shared embeddings [C, d].
+MARIAN_WEIGHT_NAMES = ("decoder_ff_logit_out_W", "decoder_Wemb", "Wemb")
+MARIAN_BIAS_NAME = "decoder_ff_logit_out_b"

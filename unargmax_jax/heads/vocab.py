@@ -11,6 +11,7 @@ reports: a damaged or odd tokenizer file yields no strings, never a failed check
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
@@ -84,3 +85,87 @@ def fit(tokens: list[str | None] | None, classes: int) -> tuple[str | None, ...]
         return None
     tokens = list(tokens[:classes]) + [None] * max(0, classes - len(tokens))
     return tuple(tokens)
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[position]  # IndexError past the end: a damaged file
+        value |= (byte & 0x7F) << shift
+        position, shift = position + 1, shift + 7
+        if byte < 0x80 or shift > 63:
+            return value, position
+
+
+def _protobuf_fields(data: bytes):
+    """``(field number, wire type, value)`` of a protobuf message; length-delimited values as bytes."""
+    position = 0
+    while position < len(data):
+        key, position = _varint(data, position)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, position = _varint(data, position)
+        elif wire == 1:
+            value, position = data[position:position + 8], position + 8
+        elif wire == 2:
+            length, position = _varint(data, position)
+            value, position = data[position:position + length], position + length
+        elif wire == 5:
+            value, position = data[position:position + 4], position + 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        yield field, wire, value
+
+
+def _from_spm(path: Path) -> list[str | None] | None:
+    """A SentencePiece model: ``ModelProto.pieces`` (field 1), each ``SentencePiece.piece`` (field 1)."""
+    tokens = []
+    for field, wire, value in _protobuf_fields(path.read_bytes()):
+        if field == 1 and wire == 2:
+            piece = next((v for f, w, v in _protobuf_fields(value) if f == 1 and w == 2), b"")
+            tokens.append(piece.decode("utf-8", errors="replace"))
+    return tokens or None
+
+
+_YAML_ENTRY = re.compile(r"^(?P<key>.+?)\s*:\s*(?P<id>\d+)\s*$")
+
+
+def _yaml_key(key: str) -> str:
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        return json.loads(key)
+    if len(key) >= 2 and key[0] == key[-1] == "'":
+        return key[1:-1].replace("''", "'")
+    return key
+
+
+def _from_marian_yml(path: Path) -> list[str | None] | None:
+    """A Marian vocabulary ``.yml``: one ``token: id`` per line (tokens quoted when YAML needs it)."""
+    pieces = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = _YAML_ENTRY.match(line)
+        if match:
+            pieces[int(match["id"])] = _yaml_key(match["key"])
+    return _dense(pieces) or None
+
+
+def _from_token_map_json(path: Path) -> list[str | None] | None:
+    """A ``{"token": id}`` JSON vocabulary (Marian, OpenNMT), or a JSON list of tokens in id order."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(data, list):
+        return [t if isinstance(t, str) else None for t in data] or None
+    if isinstance(data, dict):
+        return _dense({i: str(t) for t, i in data.items() if isinstance(i, int) and i >= 0}) or None
+    return None
+
+
+def read_vocabulary_file(path: Path) -> list[str | None] | None:
+    """Token strings from one vocabulary file (``.spm``, Marian ``.yml``, ``.json``, ``.txt``), or None."""
+    readers = {".spm": _from_spm, ".yml": _from_marian_yml, ".yaml": _from_marian_yml, ".json": _from_token_map_json,
+               ".txt": _from_vocab_txt}
+    reader = readers.get(path.suffix.lower())
+    if reader is None or not path.is_file():
+        return None
+    try:
+        return reader(path)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        return None  # damaged: no strings, never a failed check
