@@ -305,7 +305,7 @@ def test_directories(tmp_path):
     with pytest.raises(HeadError, match=r"is a directory; expected model.safetensors or model.safetensors.index.json "
                                         r"or flax_model.msgpack or pytorch_model.bin or model.bin in it, or a single "
                                         r"head file \(.npz, .safetensors, .safetensors.index.json, .gguf, .msgpack, "
-                                        r".pt, .pth, .bin\), found several: "
+                                        r".pt, .pth, .bin, .onnx\), found several: "
                                         r"\['head.npz', 'other.safetensors'\]; name one"):
         load_head(tmp_path)
     empty = tmp_path / "empty"

@@ -51,7 +51,7 @@ class Settings(NamedTuple):
     seed: int = 0
     chunk_size: int = 128
     competitors: int = 0
-    braid_steps: int = 0
+    braid_steps: int = 16
     ascent_steps: int = 300
     pdhg_iterations: int = 8192
     pdhg_round_iterations: int = 512
