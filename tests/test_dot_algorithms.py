@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unargmax_jax import bounds, check, domains as dom
+from unargmax_jax import verify as ua_verify
 
 SETTINGS = settings(deadline=None, max_examples=60, derandomize=True)
 F32 = np.float32
@@ -272,13 +273,38 @@ def test_xla_cpu_presets_stay_within_their_pads(name):
                 assert abs(Fraction(float(got[r, c])) - exact_dot(X[r], Y[:, c])) <= Fraction(allowed_error(X[r], Y[:, c], spec))
 
 
-def test_check_records_the_algorithm_and_verdicts_do_not_depend_on_it():
-    rng = np.random.default_rng(5)
-    W = rng.normal(size=(40, 6)).astype(F32)
-    W[7] = (W[3] + W[4]) / 2
-    plain = check(W)
-    assert plain.settings["dot_algorithm"] == bounds.backend_algorithm()
-    for name in ("BF16_BF16_F32_X3", "BF16_BF16_F32"):
-        other = check(W, dot_algorithm=name)
-        assert other.settings["dot_algorithm"] == name
-        np.testing.assert_array_equal(other.verdict, plain.verdict)
+# ----------------------------------------------------------------------------- the ladder
+def _ladder_head():
+    """Anisotropic rows on an ellipsoid, no bias: every token wins along its own direction,
+    most with a wide margin; rows 20..29 are rows 30..39 turned by ~0.03 rad (margins
+    ~4e-4, far below the bfloat16 pad and far above the float32 one)."""
+    rng = np.random.default_rng(8)
+    C, d = 256, 8
+    U = rng.normal(size=(C, d))
+    U[20:30] = U[30:40] / np.linalg.norm(U[30:40], axis=1, keepdims=True) + 0.03 * rng.normal(size=(10, d)) / d ** 0.5
+    U /= np.linalg.norm(U, axis=1, keepdims=True)
+    return (U * np.exp(rng.normal(0, 0.3, d))).astype(F32), None
+
+
+def test_bf16_rung_gives_the_same_verdicts_and_decides_most_tokens():
+    W, b = _ladder_head()
+    plain = check(W, b, bf16_screen=False)
+    laddered = check(W, b, bf16_screen=True)
+    assert laddered.settings["bf16_screen"] is True and plain.settings["bf16_screen"] is False
+    assert plain.settings["dot_algorithm"] == laddered.settings["dot_algorithm"] == bounds.backend_algorithm()
+    np.testing.assert_array_equal(laddered.verdict, plain.verdict)
+    assert np.all(laddered.lower <= laddered.upper) and ua_verify(laddered, W, b).ok
+    # Tokens the rung decided carry its (larger-padded, so lower) bound; the near twins
+    # fall through to full precision and keep the same bound as without the rung.
+    argmaxable = plain.verdict == 1
+    by_rung = argmaxable & (laddered.lower < plain.lower)
+    assert by_rung.sum() > argmaxable.sum() // 2
+    assert not by_rung[20:40].any()
+
+
+def test_bad_algorithm_settings_are_refused():
+    W, b = _ladder_head()
+    with pytest.raises(ValueError, match="expected one of"):
+        check(W, b, dot_algorithm="TF33")
+    with pytest.raises(ValueError, match="bf16_screen must be"):
+        check(W, b, bf16_screen="yes")
