@@ -192,12 +192,25 @@ def _eqns(jaxpr):
 
 
 @pytest.mark.parametrize("name", list(bounds.ALGORITHMS))
-def test_every_algorithm_traces_its_own_preset(name):
+def test_every_algorithm_traces_its_own_preset_off_cpu(name, monkeypatch):
     if name == "F64_F64_F64":
         with pytest.raises(ValueError, match="does not fit float32"):
             _traced_presets(name)
         return
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
     assert _traced_presets(name) == {getattr(jax.lax.DotAlgorithmPreset, name)}
+
+
+@pytest.mark.parametrize("name", [n for n in bounds.ALGORITHMS if n != "F64_F64_F64"])
+def test_on_cpu_every_algorithm_runs_ieee_float32_under_a_pad_at_least_gamma(name, monkeypatch):
+    """XLA:CPU computes the bfloat16 presets as float32 (and may abort on them): bounds ask
+    it for F32_F32_F32 and keep the named algorithm's pad, which contains gamma_n."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert _traced_presets(name) == {jax.lax.DotAlgorithmPreset.F32_F32_F32}
+    spec = bounds.algorithm_spec(name)
+    for n in (1, 8, 576, 4096):
+        assert bounds.product_pad(n, jnp.float32, spec, extra=6) >= bounds.gamma(n + 6, jnp.float32)
+        assert bounds.dot_error(n, jnp.float32, spec) >= bounds.gamma(n, jnp.float32)
 
 
 def test_unknown_algorithm_is_refused():

@@ -40,6 +40,8 @@ class DotAlgorithm(NamedTuple):
     ``unit`` is the narrow format's eps (0 when the inputs are used as they are): a part
     is within ``unit`` (relative) of what it rounds, by round-to-nearest or by truncation.
     ``ieee``: the product is the working dtype's IEEE dot, padded by :func:`gamma` alone.
+    ``preset``: the ``DotAlgorithmPreset`` requested (None: ``name``); a more accurate
+    preset than ``name`` under ``name``'s pad is still rigorous (see :func:`algorithm_spec`).
     """
 
     name: str
@@ -47,6 +49,7 @@ class DotAlgorithm(NamedTuple):
     unit: float
     pairs: tuple
     ieee: bool = False
+    preset: str | None = None
 
 
 def _pairs(parts: int, passes: int) -> tuple:
@@ -70,6 +73,10 @@ ALGORITHMS = {
 # The full-precision algorithm per backend. XLA:CPU accepts F32_F32_F32, BF16_BF16_F32,
 # _X3 and _X6 (it computes all four as float32) and refuses _X9 and TF32; on GPU an
 # explicit F32_F32_F32 keeps TF32 out; on TPU six bfloat16 passes are what HIGHEST runs.
+# On CPU every float32 algorithm requests the F32_F32_F32 preset under its own pad:
+# XLA:CPU computes the bfloat16 presets in float32 anyway, and (jaxlib 0.10.2) requesting
+# BF16_BF16_F32 for some shapes aborts the process in its YNN emitter.
+CPU_BACKENDS = ("cpu",)
 BACKEND_ALGORITHMS = {"cpu": "F32_F32_F32", "gpu": "F32_F32_F32", "cuda": "F32_F32_F32", "rocm": "F32_F32_F32",
                       "tpu": "BF16_BF16_F32_X6"}
 FAST_ALGORITHM = "BF16_BF16_F32"  # the screen's first, one-pass bfloat16 rung
@@ -98,7 +105,12 @@ def algorithm_spec(name: str | None, dtype=jnp.float32) -> DotAlgorithm:
     if (name == "F64_F64_F64") != (jnp.dtype(dtype) == jnp.float64):
         raise ValueError(f"dot algorithm {name} does not fit {jnp.dtype(dtype).name} work; "
                          f"expected {backend_algorithm(dtype=dtype)}")
-    return ALGORITHMS[name]
+    spec = ALGORITHMS[name]
+    if jax.default_backend() in CPU_BACKENDS and name != "F64_F64_F64":
+        # IEEE float32 is at least as accurate as every float32 algorithm: its error is
+        # within gamma_n |x|^T|y|, which every pad of dot_error contains.
+        return spec._replace(preset="F32_F32_F32")
+    return spec._replace(preset=name)
 
 
 def gamma(n: int, dtype) -> float:
@@ -158,12 +170,16 @@ def flush_pad(algorithm: DotAlgorithm, dtype) -> float:
 
 def dot(a, b, algorithm: DotAlgorithm):
     """``a @ b`` under ``algorithm`` (its ``DotAlgorithmPreset``)."""
-    return jnp.matmul(a, b, precision=getattr(jax.lax.DotAlgorithmPreset, algorithm.name))
+    return jnp.matmul(a, b, precision=_preset(algorithm))
 
 
 def row_dot(a, b, algorithm: DotAlgorithm):
     """Row-wise products :math:`a_r^T b_r` under ``algorithm``."""
-    return jnp.einsum("nd,nd->n", a, b, precision=getattr(jax.lax.DotAlgorithmPreset, algorithm.name))
+    return jnp.einsum("nd,nd->n", a, b, precision=_preset(algorithm))
+
+
+def _preset(algorithm: DotAlgorithm):
+    return getattr(jax.lax.DotAlgorithmPreset, algorithm.preset or algorithm.name)
 
 
 class WitnessBounds(NamedTuple):
