@@ -1,5 +1,6 @@
 """The benchmark scripts' building blocks run (the full scripts take minutes and are run by hand)."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -36,3 +37,41 @@ def test_bench_published_method_agrees_with_the_engine():
         assert argmaxable == bool(report.verdict[i] == 1), (i, how)
     planted = np.flatnonzero(report.verdict == -1)
     assert planted.size >= 3  # the synthetic head's planted tokens are found
+
+
+def test_bench_shape_argument_and_synthetic_head_file(tmp_path):
+    bench = _load("bench")
+    args = bench.parse(["--shape", "300,3", "--skip-published"])
+    assert args.shape == (300, 3)
+    path, name = bench.head_file(args, tmp_path)
+    W, b = bench.load(path)
+    W0, b0, _ = bench.synthetic_head(300, 3, seed=0)
+    assert np.array_equal(W, W0) and np.array_equal(b, b0) and "synthetic" in name
+    import argparse
+    import pytest
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected C,d"):
+        bench._shape("300x3")
+
+
+def test_gpu_bench_cpu_path_on_a_tiny_head(tmp_path):
+    """The script's CPU path: device products run, and the verdicts are compared with a
+    stored report of the same head (and refused for another head)."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPTS))
+    gpu = _load("gpu_bench")
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    W = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)  # all argmaxable: screen only
+    assert gpu.device_product_seconds(W, "F32_F32_F32", block=16) > 0
+    report = ua.check(W)
+    assert np.all(report.verdict == 1)
+    report.save(tmp_path / "cpu")
+    args = gpu.parse(["--cpu-report", str(tmp_path / "cpu")])
+    assert gpu.compare(args, report) == 0
+    verdict = report.verdict.copy()
+    flipped = dataclasses.replace(report, verdict=verdict)
+    verdict[0] = -verdict[0]
+    assert gpu.compare(args, flipped) == 1
+    other = dataclasses.replace(report, head=dict(report.head, sha256="0" * 64))
+    assert gpu.compare(args, other) == 2

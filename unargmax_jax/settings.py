@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+
+from . import bounds
+
 TIES = ("strict", "first")
 
 
@@ -45,6 +49,13 @@ class Settings(NamedTuple):
             with float16 bounds): the witness table is then half the head's float32 size.
         background_compile: compile the later stages' kernels on a second thread while a
             large head's first screening pass runs; results do not depend on it.
+        dot_algorithm: the ``DotAlgorithmPreset`` name every bound's product runs with,
+            padded for it (:data:`unargmax_jax.bounds.ALGORITHMS`); None: the backend's
+            (:func:`unargmax_jax.bounds.backend_algorithm`). A check records the one used.
+        bf16_screen: first screen every token with one bfloat16 pass (``BF16_BF16_F32``,
+            with its own larger pad) and redo at full precision only the tokens it leaves
+            undecided; None: on for GPU and TPU, where bfloat16 runs 6-15x the float32
+            rate, off on CPU, where XLA computes that preset as float32 (no gain).
     """
 
     ties: str = "strict"
@@ -65,6 +76,8 @@ class Settings(NamedTuple):
     checkpoint_seconds: float = 30.0
     half_witnesses: bool = True
     background_compile: bool = True
+    dot_algorithm: str | None = None
+    bf16_screen: bool | None = None
 
 
 # Fields that change how long a run takes or how it is scheduled, never its results: a
@@ -87,4 +100,25 @@ def settings_from(settings: Settings | None = None, **options) -> Settings:
         raise ValueError(f"ties must be 'strict' or 'first', got {settings.ties!r}")
     if not (isinstance(settings.chunk_size, int) and settings.chunk_size > 0):
         raise ValueError(f"chunk_size must be a positive int, got {settings.chunk_size!r}")
-    return settings
+    return for_backend(settings)
+
+
+FAST_BACKENDS = ("gpu", "cuda", "rocm", "tpu")  # where a bfloat16 product outruns float32
+
+
+def for_backend(settings: Settings) -> Settings:
+    """``settings`` with ``dot_algorithm`` and ``bf16_screen`` chosen for JAX's default
+    backend where they are None, so that a report records what ran.
+
+    Raises:
+        ValueError: a dot algorithm that is unknown or does not fit the working dtype.
+    """
+    dtype = "float64" if jax.config.jax_enable_x64 else "float32"
+    algorithm = settings.dot_algorithm or bounds.backend_algorithm(dtype=dtype)
+    bounds.algorithm_spec(algorithm, dtype)
+    fast = settings.bf16_screen
+    if fast is None:
+        fast = dtype == "float32" and jax.default_backend() in FAST_BACKENDS
+    elif fast not in (True, False):
+        raise ValueError(f"bf16_screen must be True, False or None, got {fast!r}")
+    return settings._replace(dot_algorithm=algorithm, bf16_screen=bool(fast and dtype == "float32"))

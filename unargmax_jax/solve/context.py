@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import domains as dom
-from ..settings import Settings
+from ..settings import Settings, for_backend
 from .progress import Progress
 
 
@@ -171,6 +171,7 @@ def make_context(W: np.ndarray, b: np.ndarray | None, domain: dom.Domain, settin
     """
     U, d = W.shape
     dtype = device_dtype()
+    settings = for_backend(settings)  # the dot algorithm and the bf16 rung, if not yet chosen
     place = Placement(settings.shard)
     mean, precision = whitening
     W_device = on_device(W, dtype)

@@ -9,6 +9,12 @@ inside the cloud. Points along :math:`v_i` and :math:`w_i` (scaled to touch the 
 boundary) and the box vertex :math:`c + h \\odot \\mathrm{sign}(w_i)` decide almost every
 token of real heads with one blocked all-pairs product each. The optional braid-reflect steps (after Grivas et
 al., 2022) reflect x across the decision boundary of the strongest competitor.
+
+A precision ladder (``Settings.bf16_screen``): the first pass can run first as one
+bfloat16 product (``BF16_BF16_F32``) padded for it; a token whose margin clears that
+larger pad is decided, and only the rest is screened again at full precision
+(``Settings.dot_algorithm``). Every bound is rigorous either way, so verdicts do not
+depend on the ladder; only the reported lower bounds of the tokens it decides do.
 """
 
 from __future__ import annotations
@@ -127,7 +133,7 @@ def braid_reflect(
 
 
 # ----------------------------------------------------------------------------- the stage
-def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=False):
+def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=False, algorithm=None):
     """Best starting point per token: only "along its whitened row" in the first pass (it
     decides most tokens of real heads with one product), all candidates in the second.
     With ``half`` every candidate is rounded to float16 first (it stays in the box, see
@@ -147,7 +153,8 @@ def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=Fa
         points = points.astype(jnp.float16).astype(points.dtype)
     n, m, d = points.shape
     # All candidates in one product (separate products per candidate fuse badly on CPU).
-    every = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0)
+    every = bounds.witness_bounds(head.W, head.b, head.norms, jnp.repeat(ids, m), points.reshape(n * m, d), num_top=0,
+                                  algorithm=algorithm)
     best = jnp.argmax(every.lower.reshape(n, m), axis=1)
     x = jnp.take_along_axis(points, best[:, None, None], axis=1)[:, 0]
     witness = jax.tree_util.tree_map(
@@ -156,19 +163,20 @@ def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=Fa
     # The strongest competitor alone is a (weak) certificate: every token gets a finite U.
     # (argmax, not top_k's first column: gathering with top_k's output is slow on XLA:CPU)
     one = witness.rival[:, None]
-    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, one, jnp.ones(one.shape, head.W.dtype))
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, one, jnp.ones(one.shape, head.W.dtype),
+                                      algorithm=algorithm)
     return x, witness, one, upper
 
 
-screen_chunk = jax.jit(_screen_chunk, static_argnames=("all_candidates", "half"))
+screen_chunk = jax.jit(_screen_chunk, static_argnames=("all_candidates", "half", "algorithm"))
 
 
-def _braid_chunk(head: DeviceHead, ids, x, domain, *, num_top, steps):
+def _braid_chunk(head: DeviceHead, ids, x, domain, *, num_top, steps, algorithm=None):
     x = braid_reflect(head.W, head.b, ids, x, domain, steps=steps)
-    return x, bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
+    return x, bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top, algorithm=algorithm)
 
 
-braid_chunk = jax.jit(_braid_chunk, static_argnames=("num_top", "steps"))
+braid_chunk = jax.jit(_braid_chunk, static_argnames=("num_top", "steps", "algorithm"))
 
 
 def second_pass_batch(ctx: Context) -> int:
@@ -178,19 +186,24 @@ def second_pass_batch(ctx: Context) -> int:
 
 
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
-    """Screen every pending row: its whitened row first, then every candidate for the rest;
-    then the competitor sets (top-k at the best point) of the rows still undecided."""
-    for all_candidates, name in ((False, "screen"), (True, "screen 2")):
+    """Screen every pending row: its whitened row first (after a bfloat16 rung, when the
+    settings ask for one), then every candidate for the rest; then the competitor sets
+    (top-k at the best point) of the rows still undecided."""
+    full = ctx.settings.dot_algorithm
+    passes = (((False, "screen bf16", bounds.FAST_ALGORITHM),) if ctx.settings.bf16_screen else ()) + (
+        (False, "screen", full), (True, "screen 2", full))
+    for all_candidates, name, algorithm in passes:
         started = phases.begin(name, pending(evidence))
         if started is not None:
-            _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates)
+            _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates, algorithm=algorithm)
     return_freed_memory()
     _competitor_sets(ctx, evidence, phases.todo("top", pending(evidence)))
 
 
 def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
-                 all_candidates: bool) -> None:
+                 all_candidates: bool, algorithm: str) -> None:
     size = second_pass_batch(ctx) if all_candidates else ctx.batch
+    rung = algorithm != ctx.settings.dot_algorithm  # the bfloat16 rung: full precision follows
     done = 0
     for n, (ids, valid) in enumerate(chunks(todo, size)):
         if n < first:
@@ -198,13 +211,13 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
         if ctx.expired():
             break
         x, wb, one, U_one = screen_chunk(ctx.head, ctx.place.split(ids), ctx.device_domain, ctx.key,
-                                         all_candidates=all_candidates, half=ctx.half)
+                                         all_candidates=all_candidates, half=ctx.half, algorithm=algorithm)
         if ctx.settings.braid_steps and all_candidates:
             x, wb = braid_chunk(ctx.head, ctx.place.split(ids), x, ctx.device_domain, num_top=0,
-                                steps=ctx.settings.braid_steps)
+                                steps=ctx.settings.braid_steps, algorithm=algorithm)
         record_witness(ctx, evidence, ids, valid, x, wb, "screen")
         record_certificate(ctx, evidence, ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
-        if np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
+        if not rung and np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
             ctx.warmup.start()  # some token needs the later stages: compile them meanwhile
         # Else glibc's arenas keep every freed (batch x C) block; a few times a second
         # bounds what they hold at a few blocks, for a fraction of a trim per chunk.
@@ -226,5 +239,5 @@ def _competitor_sets(ctx: Context, evidence: Evidence, todo) -> None:
         x = start_points(ctx, evidence, ids)
         record_witness(ctx, evidence, ids, valid, x,
                        witness_chunk(ctx.head, ctx.place.split(ids), ctx.place.split(x, ctx.dtype),
-                                     num_top=ctx.competitors), "screen")
+                                     num_top=ctx.competitors, algorithm=ctx.settings.dot_algorithm), "screen")
         return_freed_memory(min_interval=TRIM_INTERVAL)

@@ -9,10 +9,11 @@ from .. import bounds
 from .context import DeviceHead
 
 
-def _top_chunk(head: DeviceHead, ids, x, *, num_top):
+def _top_chunk(head: DeviceHead, ids, x, *, num_top, algorithm=None):
     """:func:`bounds.witness_bounds` of tokens ``ids`` at points ``x`` (B, d), with each
-    token's ``num_top`` strongest rivals there."""
-    return bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top)
+    token's ``num_top`` strongest rivals there; products under ``algorithm`` (None: the
+    backend's)."""
+    return bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top, algorithm=algorithm)
 
 
-witness_chunk = jax.jit(_top_chunk, static_argnames=("num_top",))
+witness_chunk = jax.jit(_top_chunk, static_argnames=("num_top", "algorithm"))
