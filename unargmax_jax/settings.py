@@ -37,6 +37,8 @@ class Settings(NamedTuple):
             :func:`unargmax_jax.solve.pdhg.solve`).
         basis_rounds: row-generation rounds of the float64 basis stage per token (each adds
             the rows most violated at the LP's vertex and re-solves from the last basis).
+        basis_token_seconds: time limit of the basis stage per token (HiGHS's own time limit
+            included); a token that runs out keeps its interval.
         rational_max_dim: the exact rational stage runs only when d is at most this.
         rational_seconds: time limit of the exact rational stage, for all its tokens.
         free_box_radius: on ``Free`` with a bias, margins are solved (and reported) on the
@@ -68,6 +70,7 @@ class Settings(NamedTuple):
     pdhg_round_iterations: int = 512
     pdhg_adaptive_step: bool = False
     basis_rounds: int = 40
+    basis_token_seconds: float = 20.0
     rational_max_dim: int = 64
     rational_seconds: float = 60.0
     free_box_radius: float = 1e4
@@ -82,7 +85,7 @@ class Settings(NamedTuple):
 
 # Fields that change how long a run takes or how it is scheduled, never its results: a
 # checkpoint saved under other values of these is still resumed.
-SCHEDULING_FIELDS = ("max_seconds", "checkpoint_seconds", "background_compile")
+SCHEDULING_FIELDS = ("max_seconds", "checkpoint_seconds", "background_compile", "basis_token_seconds")
 
 
 def settings_from(settings: Settings | None = None, **options) -> Settings:

@@ -10,7 +10,7 @@ started from PDHG's competitor set. HiGHS only finds the basis: every verdict re
 this package's own bounds.
 
 * t > 0: the vertex x is a witness, its margin bounded in float64 with a rounding pad
-  and exactly on the rows float64 cannot settle (:func:`rational.exact_witness_margin`).
+  and exactly on the rows float64 cannot settle (:func:`witness_lower`).
 * t < 0: the row duals lam are a certificate; :func:`float_certificate_bound` bounds
   :math:`U(\\lambda) = b_i - \\lambda^T b + \\sigma(w_i - W^T \\lambda)` in float64 with a
   pad. Float32 iterates cannot sign a margin of -1e-4 on [-100, 100]^120 (their residual
@@ -34,7 +34,7 @@ from ..resume import Phases
 from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
 from .context import Context
 from .evidence import Evidence, pending, start_points
-from .rational import candidate_rows, exact_witness_margin, float_at_least
+from .rational import candidate_rows, float_at_least
 
 U64 = 2.0 ** -53
 
@@ -128,8 +128,13 @@ class _TokenLP:
         guess.valid = True
         self.lp.setBasis(guess)
 
-    def solve(self):
-        """(x, t, row duals, row tight, column basic) at the optimum, or None."""
+    def solve(self, deadline: float = float("inf")):
+        """(x, t, row duals, row tight, column basic) at the optimum, or None (also when the
+        deadline passes first: HiGHS's own time limit stops it)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        self.lp.setOptionValue("time_limit", float(min(remaining, 1e30)))
         self.lp.run()
         if self.lp.getModelStatus() != self._highspy.HighsModelStatus.kOptimal:
             return None
@@ -168,7 +173,7 @@ def optimal_basis(W, b64: np.ndarray, token: int, lo: np.ndarray, hi: np.ndarray
     if x0 is not None and weights0 is not None:
         lp.guess(np.asarray(x0, np.float64), np.asarray(weights0, np.float64), lo, hi)
     for _ in range(rounds):
-        solved = lp.solve()
+        solved = lp.solve(deadline)
         if solved is None:
             return None
         x, t, lam, tight, free = solved
@@ -353,8 +358,9 @@ def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> None:
     certificate from its duals, else an exact one from its square system."""
     settings, W = ctx.settings, ctx.W
     start = _start_rows(ctx, evidence, i)
+    deadline = min(ctx.deadline, time.monotonic() + settings.basis_token_seconds)
     basis = optimal_basis(W, b64, i, lo, hi, start, rounds=settings.basis_rounds, grow=max(32, W.shape[1] // 2),
-                          deadline=ctx.deadline, x0=start_points(ctx, evidence, np.array([i]))[0],
+                          deadline=deadline, x0=start_points(ctx, evidence, np.array([i]))[0],
                           weights0=_start_weights(evidence, i, start))
     if basis is None:
         return
