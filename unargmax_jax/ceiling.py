@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from . import domains as dom
-from .bounds import HIGHEST, gamma, tiny_pad
+from .bounds import algorithm_spec, dot, flush_pad, gamma, product_pad, tiny_pad
 from .heads import validate_head
 from .solve.context import device_dtype, domain_on_device
 
@@ -56,9 +56,14 @@ def log_prob_bounds(W, b, domain: dom.Domain, token, x):
     """Rigorous ``(lower, upper)`` on :math:`\\log p^*` for one token from one point x."""
     dtype = W.dtype
     C, d = W.shape
-    z = jnp.matmul(W, x, precision=HIGHEST) + b
-    # |computed z_j - z_j| <= gamma * (|w_j|.|x| + |b_j|) <= E for every j.
-    E = gamma(d + 2, dtype) * (jnp.max(jnp.linalg.norm(W, axis=1)) * jnp.linalg.norm(x) + jnp.max(jnp.abs(b)))
+    # Every product runs under the backend's dot algorithm, padded for it (bounds.product_pad):
+    # on TPU that is a multi-pass bfloat16 product, never covered by the float32 gamma alone.
+    algorithm = algorithm_spec(None, dtype)
+    z = dot(W, x, algorithm) + b
+    # |computed z_j - z_j| <= pad * (|w_j|.|x| + |b_j|) <= E for every j.
+    E = product_pad(d, dtype, algorithm, extra=2) * (jnp.max(jnp.linalg.norm(W, axis=1)) * jnp.linalg.norm(x)
+                                                     + jnp.max(jnp.abs(b))) \
+        + flush_pad(algorithm, dtype) * (jnp.max(jnp.sum(jnp.abs(W), axis=1)) + jnp.sum(jnp.abs(x)))
     top = jnp.max(z)
     log_sum = jnp.log(jnp.sum(jnp.exp(z - top)))
     lse = top + log_sum
@@ -69,19 +74,21 @@ def log_prob_bounds(W, b, domain: dom.Domain, token, x):
 
     nu = jnp.exp(z - top)  # any nonnegative weights will do; these are softmax up to scale
     s = jnp.sum(nu)
-    g = W[token] - jnp.matmul(nu, W, precision=HIGHEST) / s
-    g_err = gamma(C + 8, dtype) * (jnp.abs(W[token]) + jnp.matmul(nu, jnp.abs(W), precision=HIGHEST) / s)
+    g = W[token] - dot(nu, W, algorithm) / s
+    g_err = product_pad(C, dtype, algorithm, extra=8) * (jnp.abs(W[token]) + dot(nu, jnp.abs(W), algorithm) / s) \
+        + flush_pad(algorithm, dtype) * (jnp.sum(nu) + jnp.sum(jnp.abs(W), axis=0)) / s
     sigma = dom.support(domain, g)
     sigma_err = gamma(d + 4, dtype) * (jnp.sum(jnp.abs(g) * dom.extent(domain)) + jnp.sum(g_err * dom.extent(domain)))
     if isinstance(domain, dom.Ball):
         sigma_err = sigma_err + gamma(d + 4, dtype) * domain.radius * jnp.linalg.norm(g_err)
     safe = jnp.where(nu > 0, nu, 1.0)
     nu_log_nu = jnp.sum(jnp.where(nu > 0, nu * jnp.log(safe), 0.0))  # -H(nu)
-    bias_term = jnp.dot(nu, b, precision=HIGHEST) / s
+    bias_term = dot(nu, b, algorithm) / s
     rest = b[token] - bias_term + nu_log_nu / s - jnp.log(s)
-    rest_err = gamma(C + 8, dtype) * (jnp.abs(b[token]) + jnp.dot(nu, jnp.abs(b), precision=HIGHEST) / s
+    rest_err = product_pad(C, dtype, algorithm, extra=8) * (jnp.abs(b[token]) + dot(nu, jnp.abs(b), algorithm) / s
                                       + jnp.sum(jnp.abs(nu * jnp.log(safe))) / s + jnp.abs(jnp.log(s)) + 1.0)
-    upper = sigma + rest + sigma_err + rest_err + tiny_pad(C + d, dtype)
+    upper = sigma + rest + sigma_err + rest_err + tiny_pad(C + d, dtype) \
+        + flush_pad(algorithm, dtype) * (jnp.sum(nu) + jnp.sum(jnp.abs(b))) / s
     return jnp.minimum(lower, 0.0), jnp.minimum(upper, 0.0)  # log p <= 0
 
 
@@ -89,7 +96,7 @@ def _ascend(W, b, domain, token, x0, *, steps, learning_rate):
     """Projected Adam on log p_token(x) from x0; returns the best point seen."""
 
     def objective(x):
-        z = jnp.matmul(W, x, precision=HIGHEST) + b
+        z = jnp.matmul(W, x, precision=jax.lax.Precision.HIGHEST) + b  # the search only; bounds pad their own
         return -(z[token] - jax.nn.logsumexp(z))
 
     optimiser = optax.adam(learning_rate)
