@@ -19,7 +19,7 @@ from helpers import highs_margins
 
 @pytest.fixture(scope="module")
 def trained():
-    return trained_head(1200, 16, steps=150, batch=512, seed=3)
+    return trained_head(600, 12, steps=150, batch=512, seed=3)
 
 
 @pytest.mark.parametrize("radius", [100.0, 10.0])

@@ -252,7 +252,7 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
                 for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
     later = [c for c in compiles if c[0] in ("Compiling jit(_ascent_chunk)", "Compiling jit(_pdhg_chunk)")]
     assert {c[0] for c in later} == {"Compiling jit(_ascent_chunk)", "Compiling jit(_pdhg_chunk)"}
-    assert all(thread == "unargmax-warmup" for _, _, thread in later), later
+    assert all(thread == "unargmax-warmup" for _, _, thread in later), [(c[0], c[2]) for c in later]
     # (The log names shapes, not static arguments; within one check ascent and PDHG keep
     # theirs fixed, so a repeated signature of theirs is a second compile.)
     signatures = [c[1] for c in later]
@@ -270,7 +270,8 @@ def test_free_domain_with_bias_stores_the_bounds_its_exact_certificates_prove():
     W = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
     b = np.random.default_rng(1).normal(size=500).astype(np.float32)
     report = checked(W, b, ua.Free())
-    rational = (report.verdict == -1) & (report.stage == "rational")
+    # Exact certificates come from the basis stage (FLINT) or the rational stage.
+    rational = (report.verdict == -1) & np.isin(report.stage, ["basis", "rational"])
     assert rational.sum() > 100
     for i in np.flatnonzero(rational)[:50]:
         support, weights = report.certificate(int(i))
