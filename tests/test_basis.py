@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -104,3 +106,12 @@ def test_tampered_basis_certificate_is_refused():
     report.certificate_support[start:stop] = np.arange(2, 2 + stop - start)
     result = ua.verify(report, W, b)
     assert not result.ok and token in result.failed
+
+
+def test_cli_output_carries_no_solver_banner(tmp_path):
+    """Regression: highspy.Highs() printed HiGHS's banner on stdout from C, in the middle of
+    the check's own output (the example's midpoint token goes through the basis stage)."""
+    done = subprocess.run([sys.executable, "-m", "unargmax_jax.cli", "check", "--example", "--quiet",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, check=True)
+    assert "decided by stage:" in done.stdout and "basis 1" in done.stdout
+    assert "HiGHS" not in done.stdout + done.stderr

@@ -93,7 +93,9 @@ class _TokenLP:
         self.W, self.b64, self.token = W, b64, token
         self.own = _rows64(W, [token])[0]
         d = W.shape[1]
-        self.lp = highspy.Highs()
+        # The core class: highspy.Highs's callback set-up prints a banner on stdout, and the
+        # report's output (and anything piped from it) must not carry it.
+        self.lp = getattr(highspy, "_Highs", highspy.Highs)()
         self.lp.setOptionValue("output_flag", False)
         # Each re-solve starts from the last optimal basis: presolve would throw it away.
         self.lp.setOptionValue("presolve", "off")
