@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import domains as dom
+from ..bounds import gamma
 from ..resume import Phases
 from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
 from .context import Context
@@ -37,11 +38,6 @@ from .evidence import Evidence, pending, start_points
 from .rational import candidate_rows, float_at_least
 
 U64 = 2.0 ** -53
-
-
-def _gamma(n: int) -> float:
-    """:math:`\\gamma_n` for float64, doubled so the pad's own rounding is covered."""
-    return 2.0 * n * U64 / (1.0 - n * U64)
 
 
 class Basis(NamedTuple):
@@ -201,13 +197,13 @@ def float_certificate_bound(W, b64, lo, hi, token: int, support, weights) -> flo
     d, k = W.shape[1], weights.size
     rows, own = _rows64(W, support), _rows64(W, [token])[0]
     g = s * own - weights @ rows
-    g_err = _gamma(k + 4) * (s * np.abs(own) + weights @ np.abs(rows))
+    g_err = gamma(k + 4, np.float64) * (s * np.abs(own) + weights @ np.abs(rows))
     bias = s * b64[token] - weights @ b64[support]
-    bias_err = _gamma(k + 4) * (s * abs(b64[token]) + weights @ np.abs(b64[support]))
+    bias_err = gamma(k + 4, np.float64) * (s * abs(b64[token]) + weights @ np.abs(b64[support]))
     sigma_terms = np.maximum(g * lo, g * hi)
     sigma = float(sigma_terms.sum())
     extent = np.maximum(np.abs(lo), np.abs(hi))
-    pad = bias_err + float(g_err @ extent) + _gamma(d + 4) * (float(np.abs(sigma_terms).sum()) + abs(bias) + abs(sigma))
+    pad = bias_err + float(g_err @ extent) + gamma(d + 4, np.float64) * (float(np.abs(sigma_terms).sum()) + abs(bias) + abs(sigma))
     upper = (bias + sigma + pad + 1e-300) / s
     return upper * (1 + 4 * U64) if upper > 0 else upper * (1 - 4 * U64)
 
@@ -285,7 +281,7 @@ def witness_lower(W, b64: np.ndarray, token: int, x: np.ndarray):
     """A rigorous lower bound on :math:`\\min_{j \\ne i} z_i(x) - z_j(x)` (float64 with a pad;
     exact, with Fractions, on the rows the pad cannot settle), or None if a row beats i."""
     margins, magnitude = margins64(W, b64, token, x)
-    pad = _gamma(W.shape[1] + 4) * magnitude + 1e-300
+    pad = gamma(W.shape[1] + 4, np.float64) * magnitude + 1e-300
     margins[token], pad[token] = np.inf, 0.0
     if np.any(margins + pad < 0):
         return None
