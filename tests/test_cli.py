@@ -408,7 +408,7 @@ def test_compile_cache_directory_is_filled_and_reused(tmp_path):
         verdicts.append([t["verdict"] for t in json.loads((out / "report.json").read_text())["tokens"]])
         assert any(cache.iterdir()), "the first run leaves its compiled kernels in the cache"
     assert verdicts[0] == verdicts[1]
-    # off (the tests' default, from conftest): nothing is written under the cache home.
+    # off: nothing is written under the cache home.
     home = tmp_path / "home"
     done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(tmp_path / "o"),
                            "--quiet"], env={**env, "XDG_CACHE_HOME": str(home)}, capture_output=True, text=True,

@@ -1,6 +1,7 @@
 """Multi-host checks: token shares, report merging, and a real 2-process jax.distributed job
 on localhost (gloo collectives on CPU), compared with a one-process check."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -83,16 +84,19 @@ def test_encoding_round_trips_every_field():
 
 
 def test_merge_refuses_parts_of_different_checks():
-    W, b = _head(C=120)
-    a = ua.check(W, b, tokens=np.arange(0, 60))
+    W, b = _head()  # the shapes of the tests above: nothing new to compile
+    a = ua.check(W, b, chunk_size=64, tokens=np.arange(0, 60))
     with pytest.raises(ValueError, match="decided by both"):
-        merge_reports([a, ua.check(W, b, tokens=np.arange(50, 120))])
+        merge_reports([a, ua.check(W, b, chunk_size=64, tokens=np.arange(50, 120))])
     with pytest.raises(ValueError, match="sha256"):
-        merge_reports([a, ua.check(W * 2, b, tokens=np.arange(60, 120))])
-    with pytest.raises(ValueError, match="domain"):
-        merge_reports([a, ua.check(W, b, ua.Ball(0.0, 1.0), tokens=np.arange(60, 120))])
+        merge_reports([a, ua.check(W * 2, b, chunk_size=64, tokens=np.arange(60, 120))])
+    rest = ua.check(W, b, chunk_size=64, seed=1, tokens=np.arange(60, 120))
     with pytest.raises(ValueError, match="settings"):
-        merge_reports([a, ua.check(W, b, seed=1, tokens=np.arange(60, 120))])
+        merge_reports([a, rest])
+    # Another domain (a ball check of its own would only compile the ball's kernels again).
+    other = dataclasses.replace(rest, domain=ua.Ball(0.0, 1.0), settings=a.settings)
+    with pytest.raises(ValueError, match="domain"):
+        merge_reports([a, other])
     with pytest.raises(ValueError, match="at least one"):
         merge_reports([])
 

@@ -35,10 +35,7 @@ from ..resume import Phases
 from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
 from .context import Context
 from .evidence import Evidence, pending, start_points
-from .rational import candidate_rows, float_at_least
-
-U64 = 2.0 ** -53
-
+from .rational import U64, candidate_rows, float_at_least, margins64, rows64, witness_lower
 
 class Basis(NamedTuple):
     """An optimal basis of one token's LP on rows S (float64, from HiGHS).
@@ -61,24 +58,6 @@ class Basis(NamedTuple):
     complete: bool
 
 
-def _rows64(W, rows) -> np.ndarray:
-    """Rows of the head as float64 (exact: every float32 is a float64)."""
-    return np.asarray(W[rows], np.float64)
-
-
-def margins64(W, b64: np.ndarray, token: int, x: np.ndarray, *, block: int = 1 << 15):
-    """Float64 :math:`z_i(x) - z_j(x)` and :math:`(|w_i| + |w_j|)^T |x| + |b_i| + |b_j|` for every
-    row j, a block of rows at a time (no float64 copy of the head)."""
-    own = _rows64(W, [token])[0]
-    margins, magnitude = np.empty(W.shape[0]), np.empty(W.shape[0])
-    ax = np.abs(x)
-    for start in range(0, W.shape[0], block):
-        rows = np.asarray(W[start:start + block], np.float64)
-        margins[start:start + block] = (own @ x + b64[token]) - (rows @ x + b64[start:start + block])
-        magnitude[start:start + block] = np.abs(own) @ ax + np.abs(rows) @ ax + abs(b64[token]) + np.abs(b64[start:start + block])
-    return margins, magnitude
-
-
 class _TokenLP:
     """One token's LP in HiGHS, grown row by row (each re-solve warm-starts from the last basis)."""
 
@@ -87,7 +66,7 @@ class _TokenLP:
 
         self._highspy = highspy
         self.W, self.b64, self.token = W, b64, token
-        self.own = _rows64(W, [token])[0]
+        self.own = rows64(W, [token])[0]
         d = W.shape[1]
         # The core class: highspy.Highs's callback set-up prints a banner on stdout, and the
         # report's output (and anything piped from it) must not carry it.
@@ -106,7 +85,7 @@ class _TokenLP:
         """Constraints (w_i - w_j)^T x - t >= b_j - b_i for rows j."""
         rows = np.asarray(rows, np.int64)
         n, d = rows.size, self.W.shape[1]
-        A = np.hstack([self.own - _rows64(self.W, rows), -np.ones((n, 1))])
+        A = np.hstack([self.own - rows64(self.W, rows), -np.ones((n, 1))])
         self.lp.addRows(n, self.b64[rows] - self.b64[self.token], np.full(n, self._highspy.kHighsInf), n * (d + 1),
                         np.arange(n, dtype=np.int32) * (d + 1), np.tile(np.arange(d + 1, dtype=np.int32), n), A.ravel())
         self.rows.extend(int(j) for j in rows)
@@ -195,7 +174,7 @@ def float_certificate_bound(W, b64, lo, hi, token: int, support, weights) -> flo
     if not s > 0:
         return np.inf
     d, k = W.shape[1], weights.size
-    rows, own = _rows64(W, support), _rows64(W, [token])[0]
+    rows, own = rows64(W, support), rows64(W, [token])[0]
     g = s * own - weights @ rows
     g_err = gamma(k + 4, np.float64) * (s * np.abs(own) + weights @ np.abs(rows))
     bias = s * b64[token] - weights @ b64[support]
@@ -235,7 +214,7 @@ def exact_certificate(W, b64, lo, hi, token: int, basis: Basis, *, free_only: bo
     F = np.flatnonzero(basis.free)
     if J.size != F.size + 1 or (free_only and F.size != W.shape[1]):
         return None
-    rows, own = _rows64(W, J), _rows64(W, [token])[0]
+    rows, own = rows64(W, J), rows64(W, [token])[0]
     M = np.vstack([rows[:, F].T, np.ones((1, J.size))])
     (M_int, rhs_int), _ = _dyadic_integers(M, np.r_[own[F], 1.0][:, None])
     try:
@@ -277,26 +256,6 @@ def _exact_upper(rows, own, b_own, b_rows, lo, hi, lam) -> Fraction:
     return Fraction(int(upper.p), int(upper.q))
 
 
-def witness_lower(W, b64: np.ndarray, token: int, x: np.ndarray):
-    """A rigorous lower bound on :math:`\\min_{j \\ne i} z_i(x) - z_j(x)` (float64 with a pad;
-    exact, with Fractions, on the rows the pad cannot settle), or None if a row beats i."""
-    margins, magnitude = margins64(W, b64, token, x)
-    pad = gamma(W.shape[1] + 4, np.float64) * magnitude + 1e-300
-    margins[token], pad[token] = np.inf, 0.0
-    if np.any(margins + pad < 0):
-        return None
-    unsettled = np.flatnonzero(margins - pad <= 0)
-    settled = np.delete(margins - pad, unsettled)
-    lower = float(np.min(settled)) * (1 - 4 * U64) if settled.size else np.inf
-    if unsettled.size == 0:
-        return lower
-    xs = [Fraction(float(v)) for v in x]
-    own = sum((Fraction(float(w)) * v for w, v in zip(_rows64(W, [token])[0], xs)), Fraction(float(b64[token])))
-    exact = min(own - sum((Fraction(float(w)) * v for w, v in zip(_rows64(W, [j])[0], xs)), Fraction(float(b64[j])))
-                for j in unsettled)
-    return exact if exact <= 0 or exact < lower else lower
-
-
 def refined_vertex(W, b64: np.ndarray, token: int, basis: Basis, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """The basis's vertex re-solved in float64 from its square system (fixed coordinates at
     their bounds, the tight rows' margins equal), with one step of iterative refinement;
@@ -307,7 +266,7 @@ def refined_vertex(W, b64: np.ndarray, token: int, basis: Basis, lo: np.ndarray,
         return x
     fixed = ~basis.free
     x[fixed] = np.where(np.abs(x[fixed] - lo[fixed]) <= np.abs(x[fixed] - hi[fixed]), lo[fixed], hi[fixed])
-    A = _rows64(W, [token])[0] - _rows64(W, J)
+    A = rows64(W, [token])[0] - rows64(W, J)
     c = b64[token] - b64[J]
     M = np.hstack([A[:, F], -np.ones((J.size, 1))])
     rhs = -(c + A[:, fixed] @ x[fixed])

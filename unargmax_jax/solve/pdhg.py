@@ -327,9 +327,18 @@ def batch_kernel(ctx: Context):
                    decisive=ctx.decisive, num_top=ctx.competitors, adaptive_step=ctx.settings.pdhg_adaptive_step)
 
 
+# Below this many flops per full-width round (its two products per iteration), a smaller
+# kernel for the tail saves less time than compiling it takes (seconds on a CPU).
+TAIL_MIN_FLOPS = 1e10
+
+
 def tail_slots(ctx: Context) -> int:
-    """Batch size of PDHG's short tail (few tokens left): every slot of a vmapped loop costs time."""
-    return ctx.place.batch(max(1, ctx.hard_batch // 8))
+    """Batch size of PDHG's short tail (few tokens left): every slot of a vmapped loop costs
+    time, so the tail gets its own smaller kernel once a full-width round is expensive."""
+    n = ctx.hard_batch
+    if 4.0 * n * ctx.competitors * ctx.W.shape[1] * ctx.settings.pdhg_round_iterations < TAIL_MIN_FLOPS:
+        return n
+    return ctx.place.batch(max(1, n // 8))
 
 
 def refresh_support(top, support, lam, *, keep):

@@ -24,10 +24,13 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from .. import domains as dom
+from ..bounds import gamma
 from ..resume import Phases
 from ..verdicts import ARGMAXABLE, UNARGMAXABLE
 from .context import Context
 from .evidence import Evidence, pending
+
+U64 = 2.0 ** -53
 
 
 class RationalVerdict(NamedTuple):
@@ -182,7 +185,7 @@ def certify(
     if is_box and upper is not None and upper > 0:
         x = np.array([float(p) for p in duals[-1][:d]], dtype=np.float64)
         x = np.clip(x, np.asarray(domain.lo, np.float64), np.asarray(domain.hi, np.float64))
-        lower = exact_witness_margin(W, b, token, x)
+        lower = witness_lower(W, np.zeros(len(W)) if b is None else np.asarray(b, np.float64), token, x)
         if lower is not None and lower > 0:
             return RationalVerdict(1, np.zeros(0, np.int64), [], x, lower)
     return undecided
@@ -313,36 +316,42 @@ def _solve_square(matrix, rhs):
     return [rows[r][n] for r in range(n)]
 
 
-def exact_witness_margin(W: np.ndarray, b: np.ndarray | None, token: int, x: np.ndarray) -> Fraction | None:
-    """Exact :math:`\\min_j z_i(x) - z_j(x)` over rows the float64 bound cannot settle.
+def rows64(W, rows) -> np.ndarray:
+    """Rows of the head as float64 (exact: every float32 is a float64)."""
+    return np.asarray(W[rows], np.float64)
 
-    Returns the exact minimum over the unsettled rows, a positive float64 lower bound
-    when every row is settled in floats, or None if some row is settled negative.
-    """
-    W64 = np.asarray(W, np.float64)
-    b64 = np.zeros(W64.shape[0]) if b is None else np.asarray(b, np.float64)
-    d = W64.shape[1]
-    z = W64 @ x + b64
-    gaps = z[token] - z
-    u = 2.0**-53
-    g = 2 * (d + 4) * u / (1 - (d + 4) * u)
-    magnitude = np.abs(W64) @ np.abs(x)
-    pad = g * (magnitude[token] + magnitude + abs(b64[token]) + np.abs(b64)) + 1e-300
-    gaps[token] = np.inf
-    if np.any(gaps + pad < 0):
+
+def margins64(W, b64: np.ndarray, token: int, x: np.ndarray, *, block: int = 1 << 15):
+    """Float64 :math:`z_i(x) - z_j(x)` and :math:`(|w_i| + |w_j|)^T |x| + |b_i| + |b_j|` for every
+    row j, a block of rows at a time (no float64 copy of the head)."""
+    own = rows64(W, [token])[0]
+    margins, magnitude = np.empty(W.shape[0]), np.empty(W.shape[0])
+    ax = np.abs(x)
+    for start in range(0, W.shape[0], block):
+        rows = np.asarray(W[start:start + block], np.float64)
+        margins[start:start + block] = (own @ x + b64[token]) - (rows @ x + b64[start:start + block])
+        magnitude[start:start + block] = np.abs(own) @ ax + np.abs(rows) @ ax + abs(b64[token]) + np.abs(b64[start:start + block])
+    return margins, magnitude
+
+
+def witness_lower(W, b64: np.ndarray, token: int, x: np.ndarray):
+    """A rigorous lower bound on :math:`\\min_{j \\ne i} z_i(x) - z_j(x)` (float64 with a pad;
+    exact, with Fractions, on the rows the pad cannot settle), or None if a row beats i."""
+    margins, magnitude = margins64(W, b64, token, x)
+    pad = gamma(W.shape[1] + 4, np.float64) * magnitude + 1e-300
+    margins[token], pad[token] = np.inf, 0.0
+    if np.any(margins + pad < 0):
         return None
-    unsettled = np.flatnonzero(gaps - pad <= 0)
-    unsettled = unsettled[unsettled != token]
+    unsettled = np.flatnonzero(margins - pad <= 0)
+    settled = np.delete(margins - pad, unsettled)
+    lower = float(np.min(settled)) * (1 - 4 * U64) if settled.size else np.inf
     if unsettled.size == 0:
-        return Fraction(float(np.min(gaps - pad)))
-    xf = [Fraction(float(v)) for v in x]
-
-    def exact_logit(j):
-        bias = Fraction(float(b64[j])) if b is not None else Fraction(0)
-        return sum((Fraction(float(W64[j, k])) * xf[k] for k in range(d)), bias)
-
-    own = exact_logit(token)
-    return min(own - exact_logit(int(j)) for j in unsettled)
+        return lower
+    xs = [Fraction(float(v)) for v in x]
+    own = sum((Fraction(float(w)) * v for w, v in zip(rows64(W, [token])[0], xs)), Fraction(float(b64[token])))
+    exact = min(own - sum((Fraction(float(w)) * v for w, v in zip(rows64(W, [j])[0], xs)), Fraction(float(b64[j])))
+                for j in unsettled)
+    return exact if exact <= 0 or exact < lower else lower
 
 
 # ----------------------------------------------------------------------------- the stage
