@@ -139,7 +139,8 @@ def _solver_coordinates(W, b, domain: dom.Domain, settings: Settings):
         if not exact:
             # A rounded transformed head: an exact certificate of its margin being 0 would
             # not be one for the norm's real outputs, so such tokens stay undecided.
-            settings = settings._replace(rational_max_dim=0)
+            # Nor would a float64 verdict closer to 0 than the rounding: no basis stage.
+            settings = settings._replace(rational_max_dim=0, basis_rounds=0)
         return aligned(W), b, solve_domain, settings
     if isinstance(domain, dom.Free):
         return W, b, dom.resolve_free(b is not None, W.shape[1], settings.free_box_radius), settings

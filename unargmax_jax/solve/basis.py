@@ -33,6 +33,7 @@ from .. import domains as dom
 from ..bounds import gamma
 from ..resume import Phases
 from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
+from . import ball
 from .context import Context
 from .evidence import Evidence, pending, start_points
 from .rational import U64, candidate_rows, float_at_least, margins64, rows64, witness_lower
@@ -281,13 +282,20 @@ def refined_vertex(W, b64: np.ndarray, token: int, basis: Basis, lo: np.ndarray,
 
 # ----------------------------------------------------------------------------- the stage
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
-    """An optimal basis per row still open after PDHG (boxes only, one row at a time on the
-    host), and the witness or certificate it gives."""
+    """An optimal basis per row still open after PDHG (one row at a time on the host), and
+    the witness or certificate it gives; on a ball (and the norm domains) :mod:`.ball`."""
     todo = phases.todo("basis", pending(evidence))
-    if not todo.size or not isinstance(ctx.domain, dom.Box):
+    if not todo.size or not isinstance(ctx.domain, (dom.Box, dom.Ball)) or ctx.settings.basis_rounds <= 0:
         return
     d = ctx.W.shape[1]
     b64 = np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
+    if isinstance(ctx.domain, dom.Ball):
+        for n, i in enumerate(todo):
+            if ctx.expired():
+                break
+            ball.decide_row(ctx, evidence, int(i), b64)
+            ctx.progress.update("basis", n + 1, todo.size)
+        return
     lo = np.broadcast_to(np.asarray(ctx.domain.lo, np.float64), (d,)).copy()
     hi = np.broadcast_to(np.asarray(ctx.domain.hi, np.float64), (d,)).copy()
     for n, i in enumerate(todo):
