@@ -126,10 +126,26 @@ def _exact_accepts(W, b, i, x, ties_first) -> bool:
     st.booleans())
 @settings(max_examples=150, deadline=None, derandomize=True)
 def test_verifier_accepts_a_witness_exactly_when_it_makes_the_strict_argmax(data, ties_first):
+    _accepts_exactly(data, ties_first, np.float64)
+
+
+@given(st.integers(2, 7).flatmap(lambda C: st.tuples(
+    st.lists(st.lists(st.integers(-2, 2), min_size=2, max_size=2), min_size=C, max_size=C),
+    st.lists(st.integers(-1, 1), min_size=C, max_size=C),
+    st.lists(st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]), min_size=2, max_size=2), min_size=C, max_size=C))),
+    st.booleans())
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_float32_head_takes_the_float32_blocks_and_still_agrees_with_rationals(data, ties_first):
+    # The same with a float32 head: the witness blocks run as float32 products under the
+    # float32 pad, then float64 and exact on the rows they leave open.
+    _accepts_exactly(data, ties_first, np.float32)
+
+
+def _accepts_exactly(data, ties_first, dtype):
     # A hand-made report claims every token argmaxable with an arbitrary point: integer
     # rows and dyadic points make exact ties common, so the verifier's block-wise float
     # screening and its exact fallback both run. Its verdict must match rational truth.
-    W, b, X = (np.array(a, np.float64) for a in data)
+    W, b, X = (np.array(a, dtype) for a in data)
     C = W.shape[0]
     report = ua.check(W, b, ua.Box(-1.0, 1.0), ties="first" if ties_first else "strict")
     report.verdict = np.ones(C, np.int8)
@@ -141,3 +157,29 @@ def test_verifier_accepts_a_witness_exactly_when_it_makes_the_strict_argmax(data
     result = ua.verify(report, W, b, block=3)  # blocks that do not divide C
     truth = [_exact_accepts(W, b, i, X[i], ties_first) for i in range(C)]
     assert [i not in result.failed.tolist() for i in range(C)] == truth, result.reasons
+
+
+def _exact_margin(W, b, i, x) -> Fraction:
+    z = [sum((Fraction(float(w)) * Fraction(float(v)) for w, v in zip(W[j], x)), Fraction(float(b[j])))
+         for j in range(len(W))]
+    return z[i] - max(z[j] for j in range(len(W)) if j != i)
+
+
+def test_float32_blocks_still_catch_a_stored_lower_bound_just_above_the_margin():
+    """A stored lower bound 1e-7 (relative) above the exact margin at the witness is far
+    inside the float32 pad: the float32 block cannot tell, so float64 must, as before."""
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(300, 16)).astype(np.float32)
+    b = rng.normal(size=300).astype(np.float32)
+    report = ua.check(W, b)
+    assert ua.verify(report, W, b, block=64).ok
+    n = 0
+    i = int(report.witness_ids[n])
+    margin = float(_exact_margin(W, b, i, np.asarray(report.witnesses[n], np.float64)))
+    for factor, ok in ((1 - 1e-7, True), (1 + 1e-7, False)):
+        bad = _copy(report)
+        bad.lower[i] = margin * factor
+        result = ua.verify(bad, W, b, block=64)
+        assert result.ok == ok and (ok or result.failed.tolist() == [i]), result.reasons
+        # The float64 path (the same values as float64) agrees.
+        assert ua.verify(bad, W.astype(np.float64), b.astype(np.float64), block=64).ok == ok
