@@ -183,3 +183,32 @@ def test_float32_blocks_still_catch_a_stored_lower_bound_just_above_the_margin()
         assert result.ok == ok and (ok or result.failed.tolist() == [i]), result.reasons
         # The float64 path (the same values as float64) agrees.
         assert ua.verify(bad, W.astype(np.float64), b.astype(np.float64), block=64).ok == ok
+
+
+def test_flint_combination_agrees_with_fractions_on_honest_and_tampered_certificates(monkeypatch):
+    import functools
+    import importlib
+    verify_module = importlib.import_module("unargmax_jax.verify")
+    rng = np.random.default_rng(12)
+    W = rng.normal(size=(12, 3))
+    W[10] = (W[0] + W[1]) / 2  # exactly a midpoint: only an exact certificate proves it on R^d
+    W[11] = W[2] * 0.25 + W[3] * 0.75
+    W[4, 1], W[5, 0] = 0.0, 2.0 ** -60  # a zero and a far exponent in the dyadic integers
+    report = ua.check(W, None, ua.Free())
+    exact_rows = [n for n, text in enumerate(np.asarray(report.certificate_rational).astype(str)) if text]
+    assert exact_rows
+    lam = [Fraction(1, 3), Fraction(0), Fraction(7, 5)]
+    assert verify_module.exact_combination(W, np.arange(12.0), 10, np.array([0, 4, 5]), lam) == \
+        verify_module.exact_combination(W, np.arange(12.0), 10, np.array([0, 4, 5]), lam, use_flint=False)
+    tampered = _copy(report)
+    text = np.asarray(tampered.certificate_rational).astype(object)
+    first = Fraction(text[exact_rows[0]])
+    text[exact_rows[0]] = str(first * (1 + Fraction(1, 10**9)))  # float weights still agree to 1e-6
+    tampered.certificate_rational = text.astype(str)
+    results, original = {}, verify_module.exact_combination
+    for use_flint in (True, False):
+        monkeypatch.setattr(verify_module, "exact_combination", functools.partial(original, use_flint=use_flint))
+        results[use_flint] = (ua.verify(report, W), ua.verify(tampered, W))
+    for honest, bad in results.values():
+        assert honest.ok and not bad.ok
+    assert results[True][1].reasons == results[False][1].reasons

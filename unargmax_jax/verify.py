@@ -19,6 +19,7 @@ is not float32, a float64 copy of W.
 from __future__ import annotations
 
 import hashlib
+import math
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -184,9 +185,7 @@ def _exact_certificate_value(W, bias, domain, i, support, weights, rational):
             return "certificate float and rational weights disagree"
     d = W.shape[1]
     s = sum(lam)
-    g = [s * Fraction(float(W[i, k])) - sum((v * Fraction(float(W[j, k])) for v, j in zip(lam, support)), Fraction(0))
-         for k in range(d)]
-    value = s * Fraction(float(bias[i])) - sum((v * Fraction(float(bias[j])) for v, j in zip(lam, support)), Fraction(0))
+    g, value = exact_combination(W, bias, i, support, lam)
     if isinstance(domain, dom.Box):
         lo, hi = _box_bounds(domain, d)
         value += sum((max(gk * Fraction(float(lo[k])), gk * Fraction(float(hi[k]))) for k, gk in enumerate(g)), Fraction(0))
@@ -205,6 +204,46 @@ def _exact_certificate_value(W, bias, domain, i, support, weights, rational):
     if value > 0:
         return f"exact certificate value {float(value / s)} > 0"
     return value / s
+
+
+def exact_combination(W, bias, i, support, lam: list, *, use_flint: bool = True) -> tuple[list, Fraction]:
+    """Exact :math:`g = s w_i - W_S^T \lambda` and :math:`s b_i - \lambda^T b_S` (s = sum lam).
+
+    With FLINT the floats are integers times one power of two and the rationals integers
+    over one denominator q, so the k x d combination is one integer product
+    (``fmpz_mat``); only the d results become Fractions. Without it (or
+    ``use_flint=False``), Fractions throughout: k x d rational products.
+    """
+    try:
+        import flint
+    except ImportError:
+        use_flint = False
+    if not use_flint:
+        g = [sum(lam) * Fraction(float(W[i, k])) - sum((v * Fraction(float(W[j, k])) for v, j in zip(lam, support)),
+                                                      Fraction(0)) for k in range(W.shape[1])]
+        value = sum(lam) * Fraction(float(bias[i])) - sum((v * Fraction(float(bias[j])) for v, j in zip(lam, support)),
+                                                          Fraction(0))
+        return g, value
+    rows = np.concatenate([np.asarray(W[np.r_[i, support]], np.float64),
+                           np.asarray(bias, np.float64)[np.r_[i, support]][:, None]], axis=1)
+    ints, shift = _dyadic_integers(rows)
+    q = math.lcm(*(v.denominator for v in lam))
+    numerators = [v.numerator * (q // v.denominator) for v in lam]
+    coefficients = flint.fmpz_mat(1, len(lam) + 1, [sum(numerators)] + [-p for p in numerators])
+    combined = coefficients * flint.fmpz_mat(rows.shape[0], rows.shape[1], ints)
+    scale = Fraction(2) ** shift / q
+    out = [Fraction(int(combined[0, k])) * scale for k in range(rows.shape[1])]
+    return out[:-1], out[-1]
+
+
+def _dyadic_integers(values: np.ndarray) -> tuple[list, int]:
+    """Finite float64 values as Python integers times 2**shift, exactly: (row-major ints, shift)."""
+    mantissa, exponent = np.frexp(values.ravel())
+    m = (mantissa * 2.0**53).astype(np.int64).tolist()  # exact: 53 significant bits
+    e = (exponent.astype(np.int64) - 53).tolist()
+    nonzero = [b for a, b in zip(m, e) if a]
+    shift = min(nonzero) if nonzero else 0
+    return [a << (b - shift) if a else 0 for a, b in zip(m, e)], shift
 
 
 def _float_certificate_value(W, bias, domain, i, support, weights) -> float:
