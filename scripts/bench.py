@@ -24,7 +24,12 @@ two cores, so measure e.g. ``--shape 32000,4096``).
    from the token's own row with patience 2500, then, for tokens it does not settle, the
    Chebyshev LP over all rows (HiGHS instead of Gurobi), on 2 processes, timed on a
    random sample of tokens (plus a few exactly tied tokens) and extrapolated.
-5. ``--scaling``: the same check of a smaller seeded head on 1, 2, 4 and 8 forced host
+5. ``--verify``: the independent checker against the check, in the same run: ``verify``
+   in this process (time over the in-process check's, and its extra memory, NumPy's
+   traced peak, over the head's float32 size) and ``unargmax verify`` in a subprocess on
+   the CLI check's report (time over the CLI check's, peak RSS). Target (issue 16): at
+   most 1.5x the check's time and 1.5x the head's size in extra memory.
+6. ``--scaling``: the same check of a smaller seeded head on 1, 2, 4 and 8 forced host
    devices (one subprocess each): verdicts must agree.
 """
 
@@ -109,6 +114,53 @@ def cli_seconds(path: Path, workdir: Path) -> tuple[float, float, int]:
     if done.returncode not in (0, 1):
         print(done.stderr[-2000:], file=sys.stderr)
     return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, done.returncode
+
+
+VERIFY_PROBE = r"""
+import resource, runpy, sys
+sys.argv = ["unargmax"] + sys.argv[1:]
+try:
+    runpy.run_module("unargmax_jax", run_name="__main__")
+except SystemExit as done:
+    code = done.code
+finally:
+    print(f"peak-rss-mb {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def cli_verify_seconds(path: Path, workdir: Path) -> tuple[float, float, int]:
+    """``unargmax verify`` of the CLI check's report in a subprocess: (seconds, its own
+    peak RSS in MB, exit code)."""
+    command = [sys.executable, "-c", VERIFY_PROBE, "verify", str(workdir / "cli-out"), "--weights", str(path)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    peak = [float(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("peak-rss-mb")]
+    if done.returncode:
+        print(done.stdout[-1000:], done.stderr[-2000:], file=sys.stderr)
+    return seconds, peak[-1] if peak else float("nan"), done.returncode
+
+
+def verify_speed(path: Path, workdir: Path, W, b, report, check_seconds: float, cli_check: float) -> None:
+    """``verify`` against the check it re-proves, in process and through the CLI."""
+    import tracemalloc
+
+    from unargmax_jax import verify
+
+    head_mb = W.shape[0] * W.shape[1] * 4 / 2**20
+    tracemalloc.start()
+    start = time.perf_counter()
+    result = verify(report, W, b)
+    seconds = time.perf_counter() - start
+    extra = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    print(f"verify in process: {seconds:.1f} s = {seconds / check_seconds:.2f}x the check ({'ok' if result.ok else 'FAILED'}, "
+          f"{result.checked} tokens); extra memory (NumPy's traced peak) {extra:.0f} MB = {extra / head_mb:.2f}x the head")
+    cli, peak, code = cli_verify_seconds(path, workdir)
+    print(f"verify end to end: `unargmax verify` in a subprocess: {cli:.1f} s = {cli / cli_check:.2f}x `unargmax check` "
+          f"(exit {code}); peak RSS {peak:.0f} MB = {peak / head_mb:.2f}x the head (loading included)")
 
 
 def all_pairs_seconds(W: np.ndarray, block: int = 1024) -> float:
@@ -215,6 +267,7 @@ def parse(argv=None):
     parser.add_argument("--lp-seconds", type=float, default=600.0, help="HiGHS time limit per LP")
     parser.add_argument("--ties", type=int, default=4, help="tied tokens timed with the published method, at most")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verify", action="store_true", help="also time verify against the check, in one run")
     parser.add_argument("--scaling", action="store_true", help="also time 1, 2, 4, 8 forced host devices")
     parser.add_argument("--skip-published", action="store_true", help="leave out the published method")
     return parser.parse_args(argv)
@@ -252,7 +305,10 @@ def speed(path: Path, name: str, workdir: Path, args):
         print(f"bf16 rung: decides {by_rung.sum()} of {C} tokens ({by_rung.mean():.1%}); only the rest needs a "
               f"full-precision pass; verdicts {'identical' if same else 'DIFFERENT'} with and without it "
               f"({laddered.seconds:.1f} s; on CPU the rung runs float32 products under the bfloat16 pad)")
-    assert verify(report, W, b).ok
+    if args.verify:
+        verify_speed(path, workdir, W, b, report, ours, cli)
+    else:
+        assert verify(report, W, b).ok
     return W, b, report, ours
 
 

@@ -438,3 +438,28 @@ def test_a_closed_stdout_pipe_still_writes_the_report(tmp_path):
     assert proc.wait(timeout=600) == 0, stderr
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
     assert (out / "report.json").exists() and (out / "certificates.npz").exists()
+
+
+def test_dot_algorithm_and_bf16_screen_flags_reach_the_report(head_file, tmp_path, capsys):
+    default, chosen = tmp_path / "default", tmp_path / "chosen"
+    assert main(["check", str(head_file), "--out", str(default), "--quiet"]) == 0
+    assert main(["check", str(head_file), "--out", str(chosen), "--quiet", "--dot-algorithm", "BF16_BF16_F32_X3",
+                 "--bf16-screen", "on", "--verify"]) == 0
+    first, second = (json.loads((d / "report.json").read_text()) for d in (default, chosen))
+    assert (first["settings"]["dot_algorithm"], first["settings"]["bf16_screen"]) == ("F32_F32_F32", False)
+    assert (second["settings"]["dot_algorithm"], second["settings"]["bf16_screen"]) == ("BF16_BF16_F32_X3", True)
+    assert [t["verdict"] for t in first["tokens"]] == [t["verdict"] for t in second["tokens"]]
+    capsys.readouterr()
+    assert main(["verify", str(chosen), "--weights", str(head_file)]) == 0
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--dot-algorithm", "TF33"], "--dot-algorithm: invalid choice: 'TF33'"),
+    (["--bf16-screen", "maybe"], "--bf16-screen: invalid choice: 'maybe'"),
+    (["--dot-algorithm", "F64_F64_F64"], "dot algorithm F64_F64_F64 does not fit float32 work"),
+])
+def test_bad_dot_algorithm_flags_exit_2(head_file, tmp_path, capsys, no_engine, flags, expected):
+    assert main(["check", str(head_file), "--out", str(tmp_path / "o"), "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+    assert not (tmp_path / "o").exists()

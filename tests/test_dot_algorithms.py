@@ -321,3 +321,34 @@ def test_bad_algorithm_settings_are_refused():
         check(W, b, dot_algorithm="TF33")
     with pytest.raises(ValueError, match="bf16_screen must be"):
         check(W, b, bf16_screen="yes")
+
+
+def _hard_head():
+    """Rows with a bias, and tokens at or near the midpoint of two others (ties in the
+    limit, margins of +-1e-3 and +-2e-4), plus an exact duplicate: they reach ascent, PDHG
+    and the basis stage."""
+    rng = np.random.default_rng(16)
+    W = rng.normal(size=(48, 4)).astype(F32)
+    b = rng.normal(0, 0.5, 48).astype(F32)
+    for t, (i, j, shift) in zip(range(10, 16), [(1, 2, 0.0), (3, 4, -1e-3), (5, 6, 1e-3), (7, 8, 0.0),
+                                                (20, 21, 2e-4), (22, 23, -2e-4)]):
+        W[t] = (W[i].astype(np.float64) + W[j]) / 2
+        b[t] = (b[i] + np.float64(b[j])) / 2 + shift
+    W[16], b[16] = W[17], b[17]
+    return W, b
+
+
+def test_later_stages_prove_under_the_chosen_algorithm():
+    W, b = _hard_head()
+    plain = check(W, b)
+    chosen = check(W, b, dot_algorithm="BF16_BF16_F32_X3")
+    assert chosen.settings["dot_algorithm"] == "BF16_BF16_F32_X3" != plain.settings["dot_algorithm"]
+    np.testing.assert_array_equal(chosen.verdict, plain.verdict)
+    assert ua_verify(chosen, W, b).ok and ua_verify(plain, W, b).ok
+    # On CPU both run IEEE float32 products; only the pad differs, and the X3 pad (~3 u_bf16^2)
+    # is far above float32's: the later stages' bounds must carry it (looser than the default's).
+    for stage, side in (("ascent", "lower"), ("pdhg", "upper")):
+        both = np.flatnonzero((plain.stage == stage) & (chosen.stage == stage))
+        assert both.size, stage
+        ours, default = getattr(chosen, side)[both], getattr(plain, side)[both]
+        assert np.all(ours < default) if side == "lower" else np.all(ours > default), (stage, ours, default)

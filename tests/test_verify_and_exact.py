@@ -126,10 +126,26 @@ def _exact_accepts(W, b, i, x, ties_first) -> bool:
     st.booleans())
 @settings(max_examples=150, deadline=None, derandomize=True)
 def test_verifier_accepts_a_witness_exactly_when_it_makes_the_strict_argmax(data, ties_first):
+    _accepts_exactly(data, ties_first, np.float64)
+
+
+@given(st.integers(2, 7).flatmap(lambda C: st.tuples(
+    st.lists(st.lists(st.integers(-2, 2), min_size=2, max_size=2), min_size=C, max_size=C),
+    st.lists(st.integers(-1, 1), min_size=C, max_size=C),
+    st.lists(st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]), min_size=2, max_size=2), min_size=C, max_size=C))),
+    st.booleans())
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_float32_head_takes_the_float32_blocks_and_still_agrees_with_rationals(data, ties_first):
+    # The same with a float32 head: the witness blocks run as float32 products under the
+    # float32 pad, then float64 and exact on the rows they leave open.
+    _accepts_exactly(data, ties_first, np.float32)
+
+
+def _accepts_exactly(data, ties_first, dtype):
     # A hand-made report claims every token argmaxable with an arbitrary point: integer
     # rows and dyadic points make exact ties common, so the verifier's block-wise float
     # screening and its exact fallback both run. Its verdict must match rational truth.
-    W, b, X = (np.array(a, np.float64) for a in data)
+    W, b, X = (np.array(a, dtype) for a in data)
     C = W.shape[0]
     report = ua.check(W, b, ua.Box(-1.0, 1.0), ties="first" if ties_first else "strict")
     report.verdict = np.ones(C, np.int8)
@@ -141,3 +157,58 @@ def test_verifier_accepts_a_witness_exactly_when_it_makes_the_strict_argmax(data
     result = ua.verify(report, W, b, block=3)  # blocks that do not divide C
     truth = [_exact_accepts(W, b, i, X[i], ties_first) for i in range(C)]
     assert [i not in result.failed.tolist() for i in range(C)] == truth, result.reasons
+
+
+def _exact_margin(W, b, i, x) -> Fraction:
+    z = [sum((Fraction(float(w)) * Fraction(float(v)) for w, v in zip(W[j], x)), Fraction(float(b[j])))
+         for j in range(len(W))]
+    return z[i] - max(z[j] for j in range(len(W)) if j != i)
+
+
+def test_float32_blocks_still_catch_a_stored_lower_bound_just_above_the_margin():
+    """A stored lower bound 1e-7 (relative) above the exact margin at the witness is far
+    inside the float32 pad: the float32 block cannot tell, so float64 must, as before."""
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(300, 16)).astype(np.float32)
+    b = rng.normal(size=300).astype(np.float32)
+    report = ua.check(W, b)
+    assert ua.verify(report, W, b, block=64).ok
+    n = 0
+    i = int(report.witness_ids[n])
+    margin = float(_exact_margin(W, b, i, np.asarray(report.witnesses[n], np.float64)))
+    for factor, ok in ((1 - 1e-7, True), (1 + 1e-7, False)):
+        bad = _copy(report)
+        bad.lower[i] = margin * factor
+        result = ua.verify(bad, W, b, block=64)
+        assert result.ok == ok and (ok or result.failed.tolist() == [i]), result.reasons
+        # The float64 path (the same values as float64) agrees.
+        assert ua.verify(bad, W.astype(np.float64), b.astype(np.float64), block=64).ok == ok
+
+
+def test_flint_combination_agrees_with_fractions_on_honest_and_tampered_certificates(monkeypatch):
+    import functools
+    import importlib
+    verify_module = importlib.import_module("unargmax_jax.verify")
+    rng = np.random.default_rng(12)
+    W = rng.normal(size=(12, 3))
+    W[10] = (W[0] + W[1]) / 2  # exactly a midpoint: only an exact certificate proves it on R^d
+    W[11] = W[2] * 0.25 + W[3] * 0.75
+    W[4, 1], W[5, 0] = 0.0, 2.0 ** -60  # a zero and a far exponent in the dyadic integers
+    report = ua.check(W, None, ua.Free())
+    exact_rows = [n for n, text in enumerate(np.asarray(report.certificate_rational).astype(str)) if text]
+    assert exact_rows
+    lam = [Fraction(1, 3), Fraction(0), Fraction(7, 5)]
+    assert verify_module.exact_combination(W, np.arange(12.0), 10, np.array([0, 4, 5]), lam) == \
+        verify_module.exact_combination(W, np.arange(12.0), 10, np.array([0, 4, 5]), lam, use_flint=False)
+    tampered = _copy(report)
+    text = np.asarray(tampered.certificate_rational).astype(object)
+    first = Fraction(text[exact_rows[0]])
+    text[exact_rows[0]] = str(first * (1 + Fraction(1, 10**9)))  # float weights still agree to 1e-6
+    tampered.certificate_rational = text.astype(str)
+    results, original = {}, verify_module.exact_combination
+    for use_flint in (True, False):
+        monkeypatch.setattr(verify_module, "exact_combination", functools.partial(original, use_flint=use_flint))
+        results[use_flint] = (ua.verify(report, W), ua.verify(tampered, W))
+    for honest, bad in results.values():
+        assert honest.ok and not bad.ok
+    assert results[True][1].reasons == results[False][1].reasons

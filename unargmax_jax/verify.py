@@ -1,9 +1,13 @@
 """The independent checker: re-verifies every witness and certificate of a report.
 
-It shares no numerical code with the solver: float64 NumPy with its own rounding
-bound, and exact ``fractions.Fraction`` arithmetic wherever floats cannot settle a
-sign. Only the report's file format (``report``, ``csr``, ``verdicts``) and the domain
-classes are imported.
+It shares no numerical code with the solver: NumPy with its own rounding bounds (the
+witnesses in one product per block in the head's precision, padded for it, and float64
+on the few rows that does not settle: :mod:`unargmax_jax._verify_witnesses`; the
+certificates in float64), and exact ``fractions.Fraction`` arithmetic wherever floats
+cannot settle a sign. Only the report's file format (``report``, ``csr``, ``verdicts``)
+and the domain classes are imported. Its memory beyond the head: the block's logits (a
+quarter of the head) and, for ``--ceiling`` reports or a float32 head with a bias that
+is not float32, a float64 copy of W.
 
 * argmaxable token i with witness x: x in X and
   :math:`\\min_{j \\ne i} z_i(x) - z_j(x) > 0` over every row j;
@@ -15,12 +19,14 @@ classes are imported.
 from __future__ import annotations
 
 import hashlib
+import math
 from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
 
 from . import domains as dom
+from ._verify_witnesses import Head, box_bounds as _box_bounds, check_witnesses, in_domain as _in_domain, twin_groups
 from .csr import Certificates
 from .report import Report
 from .verdicts import ARGMAXABLE, UNARGMAXABLE
@@ -40,39 +46,17 @@ def _gamma(n: int) -> float:
 
 
 def _sha256(W: np.ndarray, b: np.ndarray | None) -> str:
-    """Same recipe as ``report.head_sha256``, re-implemented: the checker shares no code."""
+    """Same recipe as ``report.head_sha256``, re-implemented: the checker shares no code.
+    W's float64 bytes are hashed a chunk of rows at a time (no float64 copy of W)."""
     digest = hashlib.sha256()
-    W = np.ascontiguousarray(W, dtype=np.float64)
     digest.update(f"W{W.shape}".encode())
-    digest.update(W.tobytes())
+    for start in range(0, W.shape[0], 4096):
+        digest.update(np.ascontiguousarray(W[start:start + 4096], dtype=np.float64).tobytes())
     if b is not None:
         b = np.ascontiguousarray(b, dtype=np.float64)
         digest.update(f"b{b.shape}".encode())
         digest.update(b.tobytes())
     return digest.hexdigest()
-
-
-def _box_bounds(domain, d):
-    lo = np.broadcast_to(np.asarray(domain.lo, np.float64), (d,))
-    hi = np.broadcast_to(np.asarray(domain.hi, np.float64), (d,))
-    return lo, hi
-
-
-def _in_domain(domain, x: np.ndarray) -> bool:
-    if not np.all(np.isfinite(x)):
-        return False
-    if isinstance(domain, dom.Free):
-        return True
-    if isinstance(domain, dom.Box):
-        lo, hi = _box_bounds(domain, x.shape[0])
-        return bool(np.all(lo <= x) and np.all(x <= hi))
-    centre = np.broadcast_to(np.asarray(domain.center, np.float64), x.shape)
-    radius = float(domain.radius)
-    distance = float(np.linalg.norm(x - centre))
-    if distance <= radius * (1 - 1e-12):
-        return True
-    exact = sum((Fraction(float(a)) - Fraction(float(c))) ** 2 for a, c in zip(x, centre))
-    return exact <= Fraction(radius) ** 2
 
 
 def _norm_coordinates(W: np.ndarray, b: np.ndarray | None, domain):
@@ -90,23 +74,19 @@ def _norm_coordinates(W: np.ndarray, b: np.ndarray | None, domain):
     return scaled, shift, dom.Ball(np.zeros(W.shape[1]), np.float64(np.sqrt(W.shape[1])))
 
 
-def _twin_groups(W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    rows = np.asarray(W, np.float64) + 0.0
-    if b is not None:
-        rows = np.concatenate([rows, np.asarray(b, np.float64)[:, None] + 0.0], axis=1)
-    _, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return inverse.reshape(-1)
-
-
-def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
+def verify(report: Report, W, b=None, *, block: int | None = None) -> VerifyResult:
     """Re-prove every decided verdict of ``report`` from the weights alone.
 
     Args:
         report: a Report (from ``check`` or ``Report.load``).
         W, b: the head the report claims to be about.
-        block: witnesses evaluated per product (memory is block x C).
+        block: witnesses evaluated per product (memory is block x C; None: d / 4, so
+            that the block's logits are a quarter of the head's size).
     """
-    W = np.asarray(W, np.float64)
+    # W stays in its own dtype (a float32 head is checked in float32 products, padded for
+    # them); only row subsets are ever converted to float64.
+    W = np.asarray(W)
+    W = W if W.dtype in (np.float32, np.float64) else W.astype(np.float64)
     b = None if b is None else np.asarray(b, np.float64)
     C = report.verdict.shape[0]
     reasons: dict[int, str] = {}
@@ -120,9 +100,9 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
     domain = dom.validate(report.domain, d)
     if isinstance(domain, dom.NormOutput):
         W, b, domain = _norm_coordinates(W, b, domain)
-    bias = np.zeros(C) if b is None else b
+    bias = np.zeros(C) if b is None else np.asarray(b, np.float64)
     first_wins_ties = report.settings.get("ties", "strict") == "first"
-    groups = _twin_groups(W, b)
+    head = Head(W, bias, twin_groups(W, b) if first_wins_ties else None)
 
     def fail(i, why):
         reasons.setdefault(int(i), why)
@@ -137,106 +117,11 @@ def verify(report: Report, W, b=None, *, block: int = 256) -> VerifyResult:
     for i in np.flatnonzero((verdict == UNARGMAXABLE) & ~(upper <= 0)):
         fail(i, f"unargmaxable with upper bound {upper[i]} > 0")
 
-    checked = _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail)
+    checked = check_witnesses(report, head, domain, verdict == ARGMAXABLE, fail, block=block)
     checked += _check_certificates(report, W, b, bias, domain, fail)
-    _check_ceilings(report, W, bias, domain, fail)
+    _check_ceilings(report, head.W64() if np.asarray(report.ceiling_ids).size else W, bias, domain, fail)
     failed = np.array(sorted(i for i in reasons if i >= 0), dtype=np.int64)
     return VerifyResult(not reasons, failed, reasons, checked)
-
-
-def _check_witnesses(report, W, bias, domain, groups, first_wins_ties, block, fail) -> int:
-    C, d = W.shape
-    ids = np.asarray(report.witness_ids, np.int64)
-    X = np.asarray(report.witnesses).reshape(-1, d)  # float16, float32 or float64; upcast block by block
-    argmaxable = set(np.flatnonzero(report.verdict == ARGMAXABLE).tolist())
-    if ids.size != X.shape[0] or len(set(ids.tolist())) != ids.size:
-        for i in argmaxable:
-            fail(i, "witness table is malformed")
-        return 0
-    missing = argmaxable - set(ids.tolist())
-    for i in missing:
-        fail(i, "argmaxable but no witness")
-    # |w_j|^T |x| <= ||w_j|| ||x|| (Cauchy-Schwarz) bounds each product's rounding with one
-    # extra product's worth of work saved: a witness check is then one float64 product.
-    # (The norms' own rounding, a relative d u, is covered by gamma_{d+4} against the
-    # gamma_d a d-term dot product needs.)
-    row_norms = np.linalg.norm(W, axis=1)
-    checked = 0
-    for start in range(0, ids.size, block):
-        part = ids[start:start + block]
-        Xp = np.asarray(X[start:start + block], np.float64)
-        if np.any((part < 0) | (part >= C)):
-            for i in part:
-                fail(i, "witness for a token id out of range")
-            continue
-        beaten, upper_estimate, unsettled = _witness_block(W, bias, row_norms, Xp, part, groups, first_wins_ties)
-        for r, i in enumerate(part):
-            i = int(i)
-            if i not in argmaxable:
-                continue
-            why = _witness_failure(report, W, bias, domain, groups, first_wins_ties, i, Xp[r], beaten[r],
-                                   float(upper_estimate[r]), np.flatnonzero(unsettled[r]))
-            if why:
-                fail(i, why)
-            else:
-                checked += 1
-    return checked
-
-
-def _witness_block(W, bias, row_norms, Xp, part, groups, first_wins_ties):
-    """For a block of witnesses: beaten by some row for sure, the margin's upper estimate, and
-    the rows the float64 products cannot settle (left to exact arithmetic)."""
-    C, d = W.shape
-    absb = np.abs(bias)
-    rows = np.arange(part.size)
-    # Whole-block arrays (block x C), reused in place: z_i - z_j and its rounding pad.
-    Z = Xp @ W.T
-    Z += bias
-    gaps = Z[rows, part][:, None] - Z
-    pad = np.linalg.norm(Xp, axis=1)[:, None] * row_norms[None, :]
-    pad += pad[rows, part][:, None]
-    pad += absb[part][:, None]
-    pad += absb[None, :]
-    pad *= _gamma(d + 4)
-    pad += 1e-300
-    # Not competitors: the token itself, and with ties="first" its twins (a lower twin
-    # is a failure of its own, below). Their entries are set to +inf.
-    others = np.zeros(Z.shape, bool)
-    others[rows, part] = True
-    if first_wins_ties:
-        others |= groups[part][:, None] == groups[None, :]
-    upper_estimate = np.add(gaps, pad, out=Z)  # Z is not needed any more
-    upper_estimate[others] = np.inf
-    beaten = np.any(upper_estimate < 0, axis=1)
-    upper_estimate = np.min(upper_estimate, axis=1) if C > 1 else np.full(part.size, np.inf)
-    unsettled = np.subtract(gaps, pad, out=gaps) <= 0
-    unsettled[others] = False
-    return beaten, upper_estimate, unsettled
-
-
-def _witness_failure(report, W, bias, domain, groups, first_wins_ties, i, x, beaten, bound, close) -> str | None:
-    """Why token i's witness x does not prove it argmaxable, or None when it does."""
-    if not _in_domain(domain, x):
-        return "witness lies outside the domain"
-    if first_wins_ties and np.any((groups == groups[i]) & (np.arange(W.shape[0]) < i)):
-        return "a lower-index twin wins the tie, so this token cannot be the argmax"
-    if beaten:
-        return "witness does not make the token the argmax"
-    if close.size and not _exact_margin_positive(W, bias, i, x, close):
-        return "witness does not make the token the strict argmax (exact check)"
-    if report.lower[i] > bound * (1 + 1e-9) + 1e-12 * (1 + abs(bound)):
-        return f"stored lower bound {report.lower[i]} exceeds the margin {bound} at the witness"
-    return None
-
-
-def _exact_margin_positive(W, bias, i, x, rows) -> bool:
-    xs = [Fraction(float(v)) for v in x]
-    own = sum((Fraction(float(W[i, k])) * xs[k] for k in range(len(xs))), Fraction(float(bias[i])))
-    for j in rows:
-        other = sum((Fraction(float(W[j, k])) * xs[k] for k in range(len(xs))), Fraction(float(bias[j])))
-        if own - other <= 0:
-            return False
-    return True
 
 
 def _check_certificates(report, W, b, bias, domain, fail) -> int:
@@ -300,9 +185,7 @@ def _exact_certificate_value(W, bias, domain, i, support, weights, rational):
             return "certificate float and rational weights disagree"
     d = W.shape[1]
     s = sum(lam)
-    g = [s * Fraction(float(W[i, k])) - sum((v * Fraction(float(W[j, k])) for v, j in zip(lam, support)), Fraction(0))
-         for k in range(d)]
-    value = s * Fraction(float(bias[i])) - sum((v * Fraction(float(bias[j])) for v, j in zip(lam, support)), Fraction(0))
+    g, value = exact_combination(W, bias, i, support, lam)
     if isinstance(domain, dom.Box):
         lo, hi = _box_bounds(domain, d)
         value += sum((max(gk * Fraction(float(lo[k])), gk * Fraction(float(hi[k]))) for k, gk in enumerate(g)), Fraction(0))
@@ -323,14 +206,54 @@ def _exact_certificate_value(W, bias, domain, i, support, weights, rational):
     return value / s
 
 
+def exact_combination(W, bias, i, support, lam: list, *, use_flint: bool = True) -> tuple[list, Fraction]:
+    """Exact :math:`g = s w_i - W_S^T \lambda` and :math:`s b_i - \lambda^T b_S` (s = sum lam).
+
+    With FLINT the floats are integers times one power of two and the rationals integers
+    over one denominator q, so the k x d combination is one integer product
+    (``fmpz_mat``); only the d results become Fractions. Without it (or
+    ``use_flint=False``), Fractions throughout: k x d rational products.
+    """
+    try:
+        import flint
+    except ImportError:
+        use_flint = False
+    if not use_flint:
+        g = [sum(lam) * Fraction(float(W[i, k])) - sum((v * Fraction(float(W[j, k])) for v, j in zip(lam, support)),
+                                                      Fraction(0)) for k in range(W.shape[1])]
+        value = sum(lam) * Fraction(float(bias[i])) - sum((v * Fraction(float(bias[j])) for v, j in zip(lam, support)),
+                                                          Fraction(0))
+        return g, value
+    rows = np.concatenate([np.asarray(W[np.r_[i, support]], np.float64),
+                           np.asarray(bias, np.float64)[np.r_[i, support]][:, None]], axis=1)
+    ints, shift = _dyadic_integers(rows)
+    q = math.lcm(*(v.denominator for v in lam))
+    numerators = [v.numerator * (q // v.denominator) for v in lam]
+    coefficients = flint.fmpz_mat(1, len(lam) + 1, [sum(numerators)] + [-p for p in numerators])
+    combined = coefficients * flint.fmpz_mat(rows.shape[0], rows.shape[1], ints)
+    scale = Fraction(2) ** shift / q
+    out = [Fraction(int(combined[0, k])) * scale for k in range(rows.shape[1])]
+    return out[:-1], out[-1]
+
+
+def _dyadic_integers(values: np.ndarray) -> tuple[list, int]:
+    """Finite float64 values as Python integers times 2**shift, exactly: (row-major ints, shift)."""
+    mantissa, exponent = np.frexp(values.ravel())
+    m = (mantissa * 2.0**53).astype(np.int64).tolist()  # exact: 53 significant bits
+    e = (exponent.astype(np.int64) - 53).tolist()
+    nonzero = [b for a, b in zip(m, e) if a]
+    shift = min(nonzero) if nonzero else 0
+    return [a << (b - shift) if a else 0 for a, b in zip(m, e)], shift
+
+
 def _float_certificate_value(W, bias, domain, i, support, weights) -> float:
     """Rigorous float64 upper bound on U(lam)/s."""
     d = W.shape[1]
     k = support.size
     s = float(weights.sum())
-    rows = W[support]
-    g = s * W[i] - weights @ rows
-    g_err = _gamma(k + 3) * (s * np.abs(W[i]) + weights @ np.abs(rows))
+    rows, own = np.asarray(W[support], np.float64), np.asarray(W[i], np.float64)  # float64 work on a float32 head too
+    g = s * own - weights @ rows
+    g_err = _gamma(k + 3) * (s * np.abs(own) + weights @ np.abs(rows))
     bias_part = s * bias[i] - weights @ bias[support]
     bias_err = _gamma(k + 3) * (s * abs(bias[i]) + weights @ np.abs(bias[support]))
     if isinstance(domain, dom.Box):

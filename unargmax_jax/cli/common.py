@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..bounds import ALGORITHMS
 from ..settings import Settings, settings_from
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -132,6 +133,14 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-cache", metavar="DIR|off", default=None,
                         help="keep JAX's compiled kernels here so later runs skip compiling (default "
                              "$UNARGMAX_COMPILE_CACHE, else ~/.cache/unargmax_jax/xla; off: do not)")
+    parser.add_argument("--dot-algorithm", choices=["auto", *sorted(ALGORITHMS)], default="auto",
+                        help="the dot algorithm (jax.lax.DotAlgorithmPreset) every product a bound rests on runs "
+                             "with, each padded for its own rounding; auto: the backend's (F32_F32_F32 on CPU and "
+                             "GPU, BF16_BF16_F32_X6 on TPU, F64_F64_F64 with JAX_ENABLE_X64); recorded in the report")
+    parser.add_argument("--bf16-screen", choices=["auto", "on", "off"], default="auto",
+                        help="screen every token first with one bfloat16 pass under its own larger pad and redo "
+                             "only what it leaves undecided at full precision (verdicts do not change); auto: on "
+                             "for GPU and TPU, off on CPU (where XLA runs that pass as float32)")
 
 
 def add_head_names(parser: argparse.ArgumentParser) -> None:
@@ -181,4 +190,6 @@ def _validate_distributed_options(args: argparse.Namespace) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The :class:`~unargmax_jax.settings.Settings` that the parsed (and validated) flags ask for."""
     return settings_from(ties=args.ties, seed=args.seed, chunk_size=args.chunk_size, max_seconds=args.max_seconds,
-                         checkpoint_seconds=args.checkpoint_seconds, background_compile=args.background_compile)
+                         checkpoint_seconds=args.checkpoint_seconds, background_compile=args.background_compile,
+                         dot_algorithm=None if args.dot_algorithm == "auto" else args.dot_algorithm,
+                         bf16_screen={"auto": None, "on": True, "off": False}[args.bf16_screen])

@@ -58,6 +58,9 @@ def margin_ascent(
     schedule = optax.cosine_decay_schedule(learning_rate, steps, alpha=1e-3)
     optimiser = optax.adam(schedule)
 
+    # A heuristic iterate: no bound rests on these products (the stage re-proves the point
+    # and the weights with bounds.witness_bounds / certificate_bounds under the check's dot
+    # algorithm), so they keep the default HIGHEST precision.
     def gaps(x):
         return jnp.matmul(diffs, x, precision=bounds.HIGHEST) + (b_own - biases)
 
@@ -88,24 +91,25 @@ def margin_ascent(
 
 
 # ----------------------------------------------------------------------------- the stage
-def _ascent_chunk(head: DeviceHead, ids, support, x0, domain, *, steps, learning_rate, num_top):
+def _ascent_chunk(head: DeviceHead, ids, support, x0, domain, *, steps, learning_rate, num_top, algorithm=None):
     """:func:`margin_ascent` for a batch of tokens against their competitor rows ``support``
-    (B, k), with the rigorous bounds of its point and of its averaged weights."""
+    (B, k), with the rigorous bounds of its point and of its averaged weights (their
+    products under ``algorithm``, padded for it; None: the backend's)."""
     solve = partial(margin_ascent, steps=steps, learning_rate=learning_rate)
     result = jax.vmap(solve, in_axes=(0, 0, 0, 0, 0, None))(
         head.W[ids], head.b[ids], head.W[support], head.b[support], x0, domain)
-    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
-    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, result.weights)
+    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top, algorithm=algorithm)
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, result.weights, algorithm=algorithm)
     return result.x, witness, result.weights, upper
 
 
-ascent_chunk = jax.jit(_ascent_chunk, static_argnames=("steps", "learning_rate", "num_top"))
+ascent_chunk = jax.jit(_ascent_chunk, static_argnames=("steps", "learning_rate", "num_top", "algorithm"))
 
 
 def batch_kernel(ctx: Context):
     """:func:`ascent_chunk` with this run's static arguments (the warm-up compiles the same)."""
     return partial(ascent_chunk, steps=ctx.settings.ascent_steps, learning_rate=ctx.learning_rate,
-                   num_top=ctx.competitors)
+                   num_top=ctx.competitors, algorithm=ctx.settings.dot_algorithm)
 
 
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:

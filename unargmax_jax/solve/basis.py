@@ -19,6 +19,11 @@ this package's own bounds.
   head without bias): the basis's square system (active rows J, free coordinates F,
   :math:`W_{J,F}^T \\lambda = w_{i,F},\\ 1^T \\lambda = 1`) is solved exactly with FLINT
   (``python-flint``) on the dyadic values as integers, and U is evaluated exactly.
+
+No bound here rests on a device product, so ``Settings.dot_algorithm`` does not apply:
+the proofs are NumPy float64 (IEEE, padded by float64 :func:`~unargmax_jax.bounds.gamma`)
+or exact. The head-dtype products (rows violated at x, the starting rows) only choose
+rows; the float64 pass confirms that none is left.
 """
 
 from __future__ import annotations

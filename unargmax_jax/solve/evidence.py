@@ -102,7 +102,8 @@ def _halved(ctx: Context, ids, x, L):
         part = rows[start:start + size]
         padded = np.concatenate([part, np.full(size - part.size, part[0])])
         L_rounded = np.asarray(witness_chunk(ctx.head, ctx.place.split(ids[padded]),
-                                             ctx.place.split(rounded[padded], ctx.dtype), num_top=0).lower,
+                                             ctx.place.split(rounded[padded], ctx.dtype), num_top=0,
+                                             algorithm=ctx.settings.dot_algorithm).lower,
                                np.float64)[:part.size]
         take[part] = L_rounded > 0
         L[part[take[part]]] = L_rounded[take[part]]

@@ -304,27 +304,33 @@ def _primal_weight(dx, dlam, omega):
 
 # ----------------------------------------------------------------------------- the stage
 def _pdhg_chunk(head: DeviceHead, ids, support, x0, lam0, omega0, budget, domain, *, max_iterations, tolerance,
-               decisive, num_top, adaptive_step):
+               decisive, num_top, adaptive_step, algorithm=None):
     """:func:`solve` for a batch of tokens on their competitor rows ``support`` (B, k), warm
     started at (x0, lam0, omega0), each for at most ``budget`` iterations; with the rigorous
-    bounds of the final point and weights and each token's strongest rivals at that point."""
+    bounds of the final point and weights and each token's strongest rivals at that point.
+
+    Only those bounds decide a token, so only their products run under ``algorithm``
+    (padded for it; None: the backend's). The iterations' products and the bounds on S
+    that steer their stopping rule (:func:`_gap`, unpadded) are heuristics: HIGHEST."""
     problems = jax.vmap(restrict)(head.W[ids], head.b[ids], head.W[support], head.b[support])
     run_one = partial(solve, max_iterations=max_iterations, tolerance=tolerance, decisive=decisive,
                       adaptive_step=adaptive_step)
     result = jax.vmap(lambda p, x, l, o, n: run_one(p, x, l, o, domain, budget=n))(problems, x0, lam0, omega0, budget)
     weights = result.lam / problems.row_scale
-    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top)
-    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, weights)
+    witness = bounds.witness_bounds(head.W, head.b, head.norms, ids, result.x, num_top=num_top, algorithm=algorithm)
+    upper = bounds.certificate_bounds(head.W, head.b, domain, ids, support, weights, algorithm=algorithm)
     return result, witness, weights, upper
 
 
-pdhg_chunk = jax.jit(_pdhg_chunk, static_argnames=("max_iterations", "tolerance", "decisive", "num_top", "adaptive_step"))
+pdhg_chunk = jax.jit(_pdhg_chunk, static_argnames=("max_iterations", "tolerance", "decisive", "num_top", "adaptive_step",
+                                                     "algorithm"))
 
 
 def batch_kernel(ctx: Context):
     """:func:`pdhg_chunk` with this run's static arguments (the warm-up compiles the same)."""
     return partial(pdhg_chunk, max_iterations=ctx.settings.pdhg_round_iterations, tolerance=ctx.tolerance,
-                   decisive=ctx.decisive, num_top=ctx.competitors, adaptive_step=ctx.settings.pdhg_adaptive_step)
+                   decisive=ctx.decisive, num_top=ctx.competitors, adaptive_step=ctx.settings.pdhg_adaptive_step,
+                   algorithm=ctx.settings.dot_algorithm)
 
 
 # Below this many flops per full-width round (its two products per iteration), a smaller

@@ -75,12 +75,13 @@ def later_stage_warmup(ctx: Context) -> Warmup:
     screen_ids = place.split(np.zeros(screen.second_pass_batch(ctx), np.int64))
     jobs = [
         lambda: screen.screen_chunk.lower(ctx.head, screen_ids, ctx.device_domain, ctx.key, all_candidates=True,
-                                          half=ctx.half).compile(),
+                                          half=ctx.half, algorithm=ctx.settings.dot_algorithm).compile(),
         lambda: ascent_call.func.lower(ctx.head, ids, support, x, ctx.device_domain, **ascent_call.keywords).compile(),
         _pdhg_job(ctx, n),
     ]
     if ctx.half:
-        jobs.append(lambda: witness_chunk.lower(ctx.head, ids, x, num_top=0).compile())
+        jobs.append(lambda: witness_chunk.lower(ctx.head, ids, x, num_top=0,
+                                                algorithm=ctx.settings.dot_algorithm).compile())
     tail = pdhg.tail_slots(ctx)
     if tail != n:
         jobs.append(_pdhg_job(ctx, tail))
