@@ -115,3 +115,66 @@ def test_cli_output_carries_no_solver_banner(tmp_path):
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, check=True)
     assert "decided by stage:" in done.stdout and "basis 1" in done.stdout
     assert "HiGHS" not in done.stdout + done.stderr
+
+
+def _planted_ball_head(d: int, margins, *, R: float = 2.0, C: int = 300, beta: float = 8.0, seed: int = 0):
+    """Dyadic Gaussian rows plus one planted token per margin e: at x* = R e_a (an axis),
+    with k the argmax there, w = w_k + beta e_a (exact) and b = b_k - beta R + e beta R.
+    Then z - z_k = beta x_a + b - b_k <= e beta R on the ball, with equality at x*, where
+    every other row is below k: the margin is e * beta * R (rounded to a power of 2). Returns (W, b, [(token, m)])."""
+    rng = np.random.default_rng(seed)
+    W = np.round(rng.standard_normal((C, d)) * 1024) / 1024
+    b = np.round(rng.standard_normal(C) * 1024) / 1024
+    planted = []
+    for n, e in enumerate(margins):
+        axis = np.zeros(d)
+        axis[n % d] = R
+        k = int(np.argmax(W[:C] @ axis + b[:C]))
+        w = W[k].copy()
+        w[n % d] += beta
+        planted_margin = float(np.sign(e) * 2.0 ** np.round(np.log2(abs(e) * beta * R)))  # dyadic: exact
+        W, b = np.vstack([W, w]), np.r_[b, b[k] - beta * R + planted_margin]
+        planted.append((C + n, Fraction(float(b[-1])) - Fraction(float(b[k])) + Fraction(beta * R)))
+    assert np.all(W.astype(np.float32) == W) and np.all(b.astype(np.float32) == b)
+    return W.astype(np.float32), b.astype(np.float32), planted
+
+
+@pytest.mark.parametrize("d", [16, 64])
+def test_planted_ball_margins_are_decided_with_their_sign(d):
+    W, b, planted = _planted_ball_head(d, [1e-6, -1e-6, 1e-5, -1e-5])
+    report = ua.check(W, b, ua.Ball(0.0, 2.0))
+    assert report.counts()["undecided"] == 0
+    for token, margin in planted:
+        assert report.verdict[token] == (ARGMAXABLE if margin > 0 else UNARGMAXABLE), (token, margin)
+        assert Fraction(float(report.lower[token])) <= margin <= Fraction(float(report.upper[token]))
+    assert "basis" in set(report.stage[[t for t, _ in planted]].tolist())
+    assert ua.verify(report, W, b).ok
+
+
+def test_planted_margins_on_rmsnorm_outputs():
+    # RMSNorm with gamma = 1: the engine solves the ball of radius sqrt(d) in n exactly.
+    d = 16
+    W, b, planted = _planted_ball_head(d, [1e-6, -1e-6], R=4.0)
+    domain = ua.NormOutput("rmsnorm", 1.0, None)
+    report = ua.check(W, b, domain)
+    for token, margin in planted:
+        assert report.verdict[token] == (ARGMAXABLE if margin > 0 else UNARGMAXABLE), (token, margin)
+    assert "basis" in set(report.stage[[t for t, _ in planted]].tolist())
+    assert ua.verify(report, W, b).ok  # the report carries its domain
+
+
+def test_kkt_weights_reach_the_optimum_of_a_small_dual():
+    # Against a brute force over the simplex's edges and vertices (k = 3 rows in the plane).
+    from unargmax_jax.solve import ball
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        A, p, R = rng.standard_normal((3, 2)), rng.standard_normal(3), 1.5
+        lam = ball.kkt_weights(A, p, R, np.full(3, 1 / 3))
+        grid = [np.array([t, 1 - t, 0.0])[list(perm)] for t in np.linspace(0, 1, 2001) for perm in
+                ((0, 1, 2), (0, 2, 1), (2, 0, 1))]
+        grid += [np.array([u, v, 1 - u - v]) for u in np.linspace(0, 1, 101) for v in np.linspace(0, 1 - u, 101)]
+        best = min(float(g @ p + R * np.linalg.norm(A.T @ g)) for g in grid)
+        if lam is not None:
+            assert lam.min() >= 0 and abs(lam.sum() - 1) < 1e-12
+            assert float(lam @ p + R * np.linalg.norm(A.T @ lam)) <= best + 1e-6
