@@ -30,7 +30,7 @@ from ..bounds import gamma
 from ..verdicts import ARGMAXABLE, UNARGMAXABLE
 from .context import Context
 from .evidence import Evidence
-from .rational import U64, candidate_rows, float_at_least, margins64, rows64, witness_lower
+from .rational import U64, candidate_rows, combination64, float_at_least, margins64, rows64, witness_lower
 
 # A weight below this fraction of the largest leaves the active set.
 DROP = 1e-13
@@ -82,18 +82,26 @@ def kkt_weights(A: np.ndarray, p: np.ndarray, R: float, lam0: np.ndarray, *, ite
     if not lam.sum() > 0:
         return None
     lam = descend(A, p, R, lam / lam.sum(), iterations=300)
+    # Near an interior optimum (A^T lam -> 0, e.g. a margin of exactly 0 without a bias)
+    # the conditions below are singular: the exact stage's case, not Newton's.
+    vanishing = 1e-9 * float(np.abs(A).max())
+    best, stalled = np.inf, 0
     for _ in range(iterations):
         S = np.flatnonzero(lam > 0)
         g = A[S].T @ lam[S]
         n = float(np.linalg.norm(g))
-        if not n > 0:
+        if not n > vanishing:
             return None
         Au = A @ (g / n)
         grad = p + R * Au
         mu = float(lam[S] @ grad[S])
         residual = np.r_[grad[S] - mu, lam[S].sum() - 1.0]
         scale = np.abs(p).max() + R * np.abs(Au).max() + 1e-300
-        if np.abs(residual).max() <= 1e-14 * scale:
+        size = float(np.abs(residual).max())
+        if size <= 1e-14 * scale:
+            break
+        best, stalled = min(best, size), (stalled + 1 if size >= best else 0)
+        if stalled >= 3:  # rounding level, or a wrong active set: what it has is the answer
             break
         H = (R / n) * (A[S] @ A[S].T - np.outer(Au[S], Au[S]))
         K = np.block([[H, -np.ones((S.size, 1))], [np.ones((1, S.size)), np.zeros((1, 1))]])
@@ -109,16 +117,11 @@ def kkt_weights(A: np.ndarray, p: np.ndarray, R: float, lam0: np.ndarray, *, ite
 def ball_certificate_bound(W, b64, center, R: float, token: int, support, weights) -> float:
     """Rigorous float64 upper bound on :math:`U(\\lambda)/s` over the ball (s = sum of weights):
     every sum of n products is off by at most :math:`\\gamma_n` times its absolute terms."""
-    weights = np.maximum(np.asarray(weights, np.float64), 0.0)
-    s = float(weights.sum())
-    if not s > 0:
+    combination = combination64(W, b64, token, support, weights)
+    if combination is None:
         return np.inf
-    d, k = W.shape[1], weights.size
-    rows, own = rows64(W, support), rows64(W, [token])[0]
-    g = s * own - weights @ rows
-    g_err = gamma(k + 4, np.float64) * (s * np.abs(own) + weights @ np.abs(rows))
-    bias = s * b64[token] - weights @ b64[support]
-    bias_err = gamma(k + 4, np.float64) * (s * abs(b64[token]) + weights @ np.abs(b64[support]))
+    d = W.shape[1]
+    s, g, g_err, bias, bias_err = combination
     shift = float(g @ center)
     shift_err = float(g_err @ np.abs(center)) + gamma(d + 2, np.float64) * float(np.abs(g) @ np.abs(center))
     norm = (float(np.linalg.norm(g)) + float(np.linalg.norm(g_err))) * (1 + gamma(d + 4, np.float64))

@@ -41,7 +41,7 @@ from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
 from . import ball
 from .context import Context
 from .evidence import Evidence, pending, start_points
-from .rational import U64, candidate_rows, float_at_least, margins64, rows64, witness_lower
+from .rational import U64, candidate_rows, combination64, float_at_least, margins64, rows64, witness_lower
 
 class Basis(NamedTuple):
     """An optimal basis of one token's LP on rows S (float64, from HiGHS).
@@ -175,16 +175,11 @@ def float_certificate_bound(W, b64, lo, hi, token: int, support, weights) -> flo
     Every sum of n products is off by at most :math:`\\gamma_n` times the sum of the
     absolute products (any summation order), so each term below carries that pad.
     """
-    weights = np.maximum(np.asarray(weights, np.float64), 0.0)
-    s = float(weights.sum())
-    if not s > 0:
+    combination = combination64(W, b64, token, support, weights)
+    if combination is None:
         return np.inf
-    d, k = W.shape[1], weights.size
-    rows, own = rows64(W, support), rows64(W, [token])[0]
-    g = s * own - weights @ rows
-    g_err = gamma(k + 4, np.float64) * (s * np.abs(own) + weights @ np.abs(rows))
-    bias = s * b64[token] - weights @ b64[support]
-    bias_err = gamma(k + 4, np.float64) * (s * abs(b64[token]) + weights @ np.abs(b64[support]))
+    d = W.shape[1]
+    s, g, g_err, bias, bias_err = combination
     sigma_terms = np.maximum(g * lo, g * hi)
     sigma = float(sigma_terms.sum())
     extent = np.maximum(np.abs(lo), np.abs(hi))

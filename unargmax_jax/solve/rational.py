@@ -321,6 +321,32 @@ def rows64(W, rows) -> np.ndarray:
     return np.asarray(W[rows], np.float64)
 
 
+class Combination64(NamedTuple):
+    """:math:`g = s w_i - W_S^T \\lambda` and :math:`s b_i - \\lambda^T b_S` in float64, each with a
+    bound on its rounding error (every sum of n products is off by at most :math:`\\gamma_n`
+    times its absolute terms, in any summation order)."""
+
+    s: float
+    g: np.ndarray
+    g_err: np.ndarray
+    bias: float
+    bias_err: float
+
+
+def combination64(W, b64: np.ndarray, token: int, support, weights) -> Combination64 | None:
+    """The certificate's combination (weights clipped at 0); None when they sum to 0."""
+    weights = np.maximum(np.asarray(weights, np.float64), 0.0)
+    s = float(weights.sum())
+    if not s > 0:
+        return None
+    k = weights.size
+    rows, own = rows64(W, support), rows64(W, [token])[0]
+    g_err = gamma(k + 4, np.float64) * (s * np.abs(own) + weights @ np.abs(rows))
+    bias_err = gamma(k + 4, np.float64) * (s * abs(b64[token]) + weights @ np.abs(b64[support]))
+    return Combination64(s, s * own - weights @ rows, g_err, float(s * b64[token] - weights @ b64[support]),
+                         float(bias_err))
+
+
 def margins64(W, b64: np.ndarray, token: int, x: np.ndarray, *, block: int = 1 << 15):
     """Float64 :math:`z_i(x) - z_j(x)` and :math:`(|w_i| + |w_j|)^T |x| + |b_i| + |b_j|` for every
     row j, a block of rows at a time (no float64 copy of the head)."""
