@@ -27,10 +27,11 @@ from fractions import Fraction
 import numpy as np
 
 from ..bounds import gamma
-from ..verdicts import ARGMAXABLE, UNARGMAXABLE
+from ..verdicts import UNARGMAXABLE
 from .context import Context
 from .evidence import Evidence
-from .rational import U64, candidate_rows, combination64, float_at_least, margins64, rows64, witness_lower
+from .rational import (U64, candidate_rows, combination64, keep_float64_witness, keep_float_certificate, margins64,
+                       rows64, witness_lower)
 
 # A weight below this fraction of the largest leaves the active set.
 DROP = 1e-13
@@ -183,13 +184,9 @@ def decide_row(ctx: Context, evidence: Evidence, i: int, b64: np.ndarray) -> Non
         return
     rows, lam, x = found
     support, weights = rows[lam > 0], lam[lam > 0]
-    upper = ball_certificate_bound(W, b64, center, R, i, support, weights)
-    if upper < evidence.upper[i]:
-        evidence.upper[i] = upper
-        evidence.cert_support[i], evidence.cert_weights[i] = support, weights / weights.sum()
-        evidence.cert_rational.pop(i, None)
-    if upper <= 0:
-        evidence.verdict[i], evidence.stage[i] = UNARGMAXABLE, "basis"
+    keep_float_certificate(evidence, i, "basis", support, weights,
+                           ball_certificate_bound(W, b64, center, R, i, support, weights))
+    if evidence.verdict[i] == UNARGMAXABLE:
         return
     for pull in (1e-12, 1e-9, 1e-6):
         point = center + (x - center) * (1 - pull)
@@ -197,7 +194,5 @@ def decide_row(ctx: Context, evidence: Evidence, i: int, b64: np.ndarray) -> Non
             continue
         lower = witness_lower(W, b64, i, point)
         if lower is not None and lower > 0:
-            evidence.verdict[i], evidence.stage[i] = ARGMAXABLE, "basis"
-            evidence.lower[i] = -float_at_least(-lower)
-            evidence.exact_witness[i] = point
+            keep_float64_witness(evidence, i, "basis", point, lower)
             return

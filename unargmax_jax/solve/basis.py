@@ -37,11 +37,12 @@ import numpy as np
 from .. import domains as dom
 from ..bounds import gamma
 from ..resume import Phases
-from ..verdicts import ARGMAXABLE, UNARGMAXABLE, UNDECIDED
+from ..verdicts import UNARGMAXABLE, UNDECIDED
 from . import ball
 from .context import Context
 from .evidence import Evidence, pending, start_points
-from .rational import U64, candidate_rows, combination64, float_at_least, margins64, rows64, witness_lower
+from .rational import (U64, candidate_rows, combination64, float_at_least, keep_float64_witness, keep_float_certificate,
+                       margins64, rows64, witness_lower)
 
 class Basis(NamedTuple):
     """An optimal basis of one token's LP on rows S (float64, from HiGHS).
@@ -333,20 +334,14 @@ def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> None:
         for x in (np.clip(basis.x, lo, hi), refined_vertex(W, b64, i, basis, lo, hi)):
             lower = witness_lower(W, b64, i, x)
             if lower is not None and lower > 0:
-                evidence.verdict[i], evidence.stage[i] = ARGMAXABLE, "basis"
-                evidence.lower[i] = -float_at_least(-lower)
-                evidence.exact_witness[i] = x
+                keep_float64_witness(evidence, i, "basis", x, lower)
                 return
     support = basis.rows[basis.lam > 0]
     weights = basis.lam[basis.lam > 0]
     if not ctx.exact_certificates_only and support.size:
-        upper = float_certificate_bound(W, b64, lo, hi, i, support, weights)
-        if upper < evidence.upper[i]:
-            evidence.upper[i] = upper
-            evidence.cert_support[i], evidence.cert_weights[i] = support, weights / weights.sum()
-            evidence.cert_rational.pop(i, None)
-        if upper <= 0:
-            evidence.verdict[i], evidence.stage[i] = UNARGMAXABLE, "basis"
+        keep_float_certificate(evidence, i, "basis", support, weights,
+                               float_certificate_bound(W, b64, lo, hi, i, support, weights))
+        if evidence.verdict[i] == UNARGMAXABLE:
             return
     exact = exact_certificate(W, b64, lo, hi, i, basis, free_only=ctx.exact_certificates_only)
     if exact is not None and evidence.verdict[i] == UNDECIDED:

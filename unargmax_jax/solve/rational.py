@@ -380,6 +380,23 @@ def witness_lower(W, b64: np.ndarray, token: int, x: np.ndarray):
     return exact if exact <= 0 or exact < lower else lower
 
 
+def keep_float_certificate(evidence: Evidence, i: int, stage: str, support, weights, upper: float) -> None:
+    """Store a float64 certificate's bound where it is tighter, and the verdict when it is <= 0."""
+    if upper < evidence.upper[i]:
+        evidence.upper[i] = upper
+        evidence.cert_support[i], evidence.cert_weights[i] = support, weights / weights.sum()
+        evidence.cert_rational.pop(i, None)
+    if upper <= 0:
+        evidence.verdict[i], evidence.stage[i] = UNARGMAXABLE, stage
+
+
+def keep_float64_witness(evidence: Evidence, i: int, stage: str, x: np.ndarray, lower) -> None:
+    """Token i is argmaxable at the float64 point x, with the proved margin ``lower`` > 0."""
+    evidence.verdict[i], evidence.stage[i] = ARGMAXABLE, stage
+    evidence.lower[i] = -float_at_least(-lower)
+    evidence.exact_witness[i] = x
+
+
 # ----------------------------------------------------------------------------- the stage
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     """Exact LPs (d <= ``rational_max_dim``) for the rows no float bound could sign, from
