@@ -20,22 +20,41 @@ from fractions import Fraction
 from typing import Sequence
 
 
-def _solve(matrix: list[list[Fraction]], rhs: list[Fraction]) -> list[Fraction] | None:
-    """Exact Gaussian elimination for a square system; None when singular."""
-    n = len(rhs)
-    rows = [list(r) + [v] for r, v in zip(matrix, rhs)]
-    for col in range(n):
-        pivot = next((r for r in range(col, n) if rows[r][col] != 0), None)
-        if pivot is None:
-            return None
-        rows[col], rows[pivot] = rows[pivot], rows[col]
-        p = rows[col][col]
-        rows[col] = [v / p for v in rows[col]]
-        for r in range(n):
-            if r != col and rows[r][col] != 0:
-                f = rows[r][col]
-                rows[r] = [a - f * c for a, c in zip(rows[r], rows[col])]
-    return [rows[r][n] for r in range(n)]
+def _det(matrix: list[list[int]]) -> int:
+    """Determinant of a square integer matrix (Bareiss: every division is exact)."""
+    a = [list(r) for r in matrix]
+    n, sign, previous = len(a), 1, 1
+    for k in range(n - 1):
+        if a[k][k] == 0:
+            pivot = next((r for r in range(k + 1, n) if a[r][k] != 0), None)
+            if pivot is None:
+                return 0
+            a[k], a[pivot] = a[pivot], a[k]
+            sign = -sign
+        for i in range(k + 1, n):
+            for j in range(k + 1, n):
+                a[i][j] = (a[i][j] * a[k][k] - a[i][k] * a[k][j]) // previous
+        previous = a[k][k]
+    return sign * a[n - 1][n - 1]
+
+
+def _solve(matrix: list[list[int]], rhs: list[int]) -> tuple[list[int], int] | None:
+    """Cramer's rule on an integer system: (numerators, denominator > 0); None when singular.
+
+    Integers, not Fractions: the oracle solves thousands of tiny systems per head, and
+    integer products cost a fraction of Fraction arithmetic (no gcd per operation).
+    """
+    den = _det(matrix)
+    if den == 0:
+        return None
+    nums = [_det([row[:k] + [v] + row[k + 1:] for row, v in zip(matrix, rhs)]) for k in range(len(rhs))]
+    return (nums, den) if den > 0 else ([-v for v in nums], -den)
+
+
+def _integer_row(values: list[Fraction]) -> list[int]:
+    """The row times the lcm of its denominators (same solutions, same inequalities)."""
+    scale = math.lcm(*(v.denominator for v in values))
+    return [int(v * scale) for v in values]
 
 
 def _rational_head(W, b):
@@ -70,19 +89,20 @@ def box_margins(W, b=None, lo=-100.0, hi=100.0, *, ids: Sequence[int] | None = N
             unit = [Fraction(int(k == m)) for m in range(d)]
             bound_rows.append((unit + [Fraction(0)], hi_q[k]))
             bound_rows.append(([-v for v in unit] + [Fraction(0)], -lo_q[k]))
-        everything = constraints + bound_rows
+        everything = [_integer_row(row + [rhs]) for row, rhs in constraints + bound_rows]
         best = None
         # A vertex needs d + 1 tight constraints, at least one of them a margin row (t is
         # unbounded otherwise).
         for chosen in itertools.combinations(range(len(everything)), d + 1):
             if chosen[0] >= len(constraints):
                 break
-            point = _solve([everything[c][0] for c in chosen], [everything[c][1] for c in chosen])
-            if point is None:
+            solved = _solve([everything[c][:-1] for c in chosen], [everything[c][-1] for c in chosen])
+            if solved is None:
                 continue
-            if all(sum(a * p for a, p in zip(row, point)) <= rhs for row, rhs in everything):
-                if best is None or point[d] > best:
-                    best = point[d]
+            point, den = solved
+            if all(sum(a * p for a, p in zip(row, point)) <= row[-1] * den for row in everything):
+                if best is None or point[d] * best.denominator > best.numerator * den:
+                    best = Fraction(point[d], den)
         out.append(best)
     return out
 
@@ -91,16 +111,20 @@ def free_verdicts(W, b=None) -> list[bool]:
     """Exact argmaxability on all of R^d (True: some x makes the token the strict argmax)."""
     Wq, bq = _rational_head(W, b)
     C, d = len(Wq), len(Wq[0])
+    # One common scale each for W and b keeps lam unchanged and the bias test's sign.
+    Wi = _integer_matrix(Wq)
+    bi = _integer_row(bq)
     verdicts = []
     for i in range(C):
         others = [j for j in range(C) if j != i]
         beaten = False
         for size in range(1, min(d + 1, len(others)) + 1):
             for support in itertools.combinations(others, size):
-                lam = _basic_solution(Wq, support, Wq[i])
-                if lam is None or any(v < 0 for v in lam):
+                solved = _basic_solution(Wi, support, Wi[i])
+                if solved is None or any(v < 0 for v in solved[0]):
                     continue
-                if sum(v * bq[j] for v, j in zip(lam, support)) >= bq[i]:
+                lam, den = solved
+                if sum(v * bi[j] for v, j in zip(lam, support)) >= bi[i] * den:
                     beaten = True
                     break
             if beaten:
@@ -109,21 +133,29 @@ def free_verdicts(W, b=None) -> list[bool]:
     return verdicts
 
 
-def _basic_solution(Wq, support, target) -> list[Fraction] | None:
-    """lam on ``support`` with sum 1 and sum lam_j w_j = target, if the system pins it down.
+def _integer_matrix(rows: list[list[Fraction]]) -> list[list[int]]:
+    """All entries times one common lcm of their denominators."""
+    scale = math.lcm(*(v.denominator for row in rows for v in row))
+    return [[int(v * scale) for v in row] for row in rows]
+
+
+def _basic_solution(Wi, support, target) -> tuple[list[int], int] | None:
+    """lam = nums / den on ``support`` with sum 1 and sum lam_j w_j = target, if the system
+    pins it down.
 
     The system has d + 1 equations and |support| unknowns; we pick |support| linearly
     independent equations (sum row first), solve, and check all equations exactly.
     """
     d = len(target)
     size = len(support)
-    equations = [([Fraction(1)] * size, Fraction(1))]
-    equations += [([Wq[j][k] for j in support], target[k]) for k in range(d)]
+    equations = [[1] * size + [1]]
+    equations += [[Wi[j][k] for j in support] + [target[k]] for k in range(d)]
     for chosen in itertools.combinations(range(len(equations)), size):
-        lam = _solve([equations[c][0] for c in chosen], [equations[c][1] for c in chosen])
-        if lam is None:
+        solved = _solve([equations[c][:-1] for c in chosen], [equations[c][-1] for c in chosen])
+        if solved is None:
             continue
-        if all(sum(a * v for a, v in zip(row, lam)) == rhs for row, rhs in equations):
-            return lam
+        lam, den = solved
+        if all(sum(a * v for a, v in zip(row, lam)) == row[-1] * den for row in equations):
+            return solved
         return None
     return None
