@@ -378,10 +378,14 @@ def _token_budget(ctx: Context) -> int:
     no float certificate can exist, so the exact stage (if d allows it) takes over after a
     short PDHG run. Only on a box, though: the exact stage makes witnesses only there, so
     on a ball a token with a small positive margin needs PDHG's whole budget to find one
-    (a token whose margin is 0 still leaves PDHG early, once it has converged)."""
+    (a token whose margin is 0 still leaves PDHG early, once it has converged). On R^d
+    (``exact_certificates_only``) PDHG's float certificates prove nothing, so there too it
+    only gets a short run before the basis stage."""
     settings = ctx.settings
     zero_floor = ctx.b is None and _contains_origin(ctx.domain)
-    if zero_floor and _exact_available(ctx) and isinstance(ctx.domain, dom.Box):
+    basis_box = isinstance(ctx.domain, dom.Box) and settings.basis_rounds > 0
+    if (zero_floor and _exact_available(ctx) and isinstance(ctx.domain, dom.Box)) or (
+            ctx.exact_certificates_only and basis_box):
         return min(settings.pdhg_iterations, 2 * settings.pdhg_round_iterations)
     return settings.pdhg_iterations
 
