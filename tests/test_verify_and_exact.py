@@ -124,7 +124,7 @@ def _exact_accepts(W, b, i, x, ties_first) -> bool:
     st.lists(st.integers(-1, 1), min_size=C, max_size=C),
     st.lists(st.lists(st.sampled_from([-1.0, -0.5, 0.0, 0.5, 1.0]), min_size=2, max_size=2), min_size=C, max_size=C))),
     st.booleans())
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=75, deadline=None, derandomize=True)
 def test_verifier_accepts_a_witness_exactly_when_it_makes_the_strict_argmax(data, ties_first):
     _accepts_exactly(data, ties_first, np.float64)
 
