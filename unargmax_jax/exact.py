@@ -51,10 +51,15 @@ def _solve(matrix: list[list[int]], rhs: list[int]) -> tuple[list[int], int] | N
     return (nums, den) if den > 0 else ([-v for v in nums], -den)
 
 
+def _integer_matrix(rows: list[list[Fraction]]) -> list[list[int]]:
+    """All entries times one common lcm of their denominators (a positive scale: same
+    solutions, same inequalities)."""
+    scale = math.lcm(*(v.denominator for row in rows for v in row))
+    return [[int(v * scale) for v in row] for row in rows]
+
+
 def _integer_row(values: list[Fraction]) -> list[int]:
-    """The row times the lcm of its denominators (same solutions, same inequalities)."""
-    scale = math.lcm(*(v.denominator for v in values))
-    return [int(v * scale) for v in values]
+    return _integer_matrix([values])[0]
 
 
 def _rational_head(W, b):
@@ -131,12 +136,6 @@ def free_verdicts(W, b=None) -> list[bool]:
                 break
         verdicts.append(not beaten)
     return verdicts
-
-
-def _integer_matrix(rows: list[list[Fraction]]) -> list[list[int]]:
-    """All entries times one common lcm of their denominators."""
-    scale = math.lcm(*(v.denominator for row in rows for v in row))
-    return [[int(v * scale) for v in row] for row in rows]
 
 
 def _basic_solution(Wi, support, target) -> tuple[list[int], int] | None:

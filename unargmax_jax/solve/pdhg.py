@@ -383,9 +383,8 @@ def _token_budget(ctx: Context) -> int:
     only gets a short run before the basis stage."""
     settings = ctx.settings
     zero_floor = ctx.b is None and _contains_origin(ctx.domain)
-    basis_box = isinstance(ctx.domain, dom.Box) and settings.basis_rounds > 0
-    if (zero_floor and _exact_available(ctx) and isinstance(ctx.domain, dom.Box)) or (
-            ctx.exact_certificates_only and basis_box):
+    exact_later = (zero_floor and _exact_available(ctx)) or (ctx.exact_certificates_only and settings.basis_rounds > 0)
+    if isinstance(ctx.domain, dom.Box) and exact_later:
         return min(settings.pdhg_iterations, 2 * settings.pdhg_round_iterations)
     return settings.pdhg_iterations
 

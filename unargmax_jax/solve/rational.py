@@ -297,8 +297,8 @@ def _simplex_certificate(W64, b64, token, rows) -> RationalVerdict | None:
 def _solve_square(matrix, rhs):
     """Exact Gaussian elimination; None if singular.
 
-    (``exact._solve`` is the same textbook routine, kept apart on purpose: the oracle
-    the tests trust must not share code with the solver it judges.)
+    (The oracle the tests trust, :mod:`unargmax_jax.exact`, solves its systems its own way,
+    by Cramer's rule on integers: it must not share code with the solver it judges.)
     """
     n = len(rhs)
     rows = [list(r) + [v] for r, v in zip(matrix, rhs)]
