@@ -37,6 +37,9 @@ class Settings(NamedTuple):
             :func:`unargmax_jax.solve.pdhg.solve`).
         basis_rounds: row-generation rounds of the float64 basis stage per token (each adds
             the rows most violated at the LP's vertex and re-solves from the last basis).
+        simplex_pivots: pivots per token of the basis stage's batched simplex on a box
+            (:mod:`unargmax_jax.solve.simplex`); 0 picks 8 (d + 1). A token that runs out
+            goes on to the per-token HiGHS path.
         basis_token_seconds: time limit of the basis stage per token (HiGHS's own time limit
             included); a token that runs out keeps its interval.
         rational_max_dim: the exact rational stage runs only when d is at most this.
@@ -70,6 +73,7 @@ class Settings(NamedTuple):
     pdhg_round_iterations: int = 512
     pdhg_adaptive_step: bool = False
     basis_rounds: int = 40
+    simplex_pivots: int = 0
     basis_token_seconds: float = 20.0
     rational_max_dim: int = 64
     rational_seconds: float = 60.0

@@ -29,6 +29,7 @@ rows; the float64 pass confirms that none is left.
 from __future__ import annotations
 
 import time
+from collections import deque
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -38,7 +39,7 @@ from .. import domains as dom
 from ..bounds import gamma
 from ..resume import Phases
 from ..verdicts import UNARGMAXABLE, UNDECIDED
-from . import ball
+from . import ball, simplex
 from .context import Context
 from .evidence import Evidence, pending, start_points
 from .rational import (U64, candidate_rows, combination64, float_at_least, keep_float64_witness, keep_float_certificate,
@@ -299,11 +300,53 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
         return
     lo = np.broadcast_to(np.asarray(ctx.domain.lo, np.float64), (d,)).copy()
     hi = np.broadcast_to(np.asarray(ctx.domain.hi, np.float64), (d,)).copy()
-    for n, i in enumerate(todo):
+    left = _batched_simplex(ctx, evidence, todo, b64, lo, hi)
+    for n, i in enumerate(left):
         if ctx.expired():
             break
         _decide_row(ctx, evidence, int(i), b64, lo, hi)
-        ctx.progress.update("basis", n + 1, todo.size)
+        ctx.progress.update("basis", todo.size - left.size + n + 1, todo.size)
+
+
+def _batched_simplex(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> np.ndarray:
+    """Optimal bases for all of ``todo`` from :mod:`.simplex` (a batch at a time), proofs
+    from the bases (or earlier, at any basis whose bound already signs the margin); returns
+    the rows it left undecided, for the per-row HiGHS path."""
+    W, d = ctx.W, ctx.W.shape[1]
+    done = 0
+
+    def early(out: simplex.Outcome, margins: np.ndarray) -> bool:
+        nonlocal done
+        margins = margins.copy()
+        margins[out.token] = np.inf
+        if out.t < 0 and not ctx.exact_certificates_only:
+            support = out.rows[out.lam > 0]
+            keep_float_certificate(evidence, out.token, "basis", support, out.lam[out.lam > 0],
+                                   float_certificate_bound(W, b64, lo, hi, out.token, support, out.lam[out.lam > 0]))
+        elif np.min(margins) > 0:
+            lower = witness_lower(W, b64, out.token, out.x)
+            if lower is not None and lower > 0:
+                keep_float64_witness(evidence, out.token, "basis", out.x, lower)
+        decided = evidence.verdict[out.token] != UNDECIDED
+        done += decided
+        if decided:
+            ctx.progress.update("basis", done, todo.size)
+        return decided
+
+    left = []
+    outcomes = simplex.solve(W, b64, deque(int(i) for i in todo), lambda i: _start_rows(ctx, evidence, i), lo, hi,
+                             batch_size=ctx.settings.chunk_size, max_pivots=ctx.settings.simplex_pivots or 8 * (d + 1),
+                             decide=early, expired=ctx.expired)
+    for out in outcomes:
+        if out.status == simplex.OPTIMAL:
+            _prove(ctx, evidence, out.token, Basis(out.rows, out.x, out.t, out.lam, out.active, out.free, True),
+                   b64, lo, hi)
+        if evidence.verdict[out.token] == UNDECIDED:
+            left.append(out.token)
+        else:
+            done += 1
+            ctx.progress.update("basis", done, todo.size)
+    return np.array(left, np.int64)
 
 
 def _start_rows(ctx: Context, evidence: Evidence, i: int) -> list[int]:
@@ -320,16 +363,21 @@ def _start_weights(evidence: Evidence, i: int, start: list[int]) -> np.ndarray:
 
 
 def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> None:
-    """Row i's optimal basis, then: a witness from its vertex when t > 0, else a float64
-    certificate from its duals, else an exact one from its square system."""
+    """Row i's optimal basis from HiGHS, and the proof read off it."""
     settings, W = ctx.settings, ctx.W
     start = _start_rows(ctx, evidence, i)
     deadline = min(ctx.deadline, time.monotonic() + settings.basis_token_seconds)
     basis = optimal_basis(W, b64, i, lo, hi, start, rounds=settings.basis_rounds, grow=max(32, W.shape[1] // 2),
                           deadline=deadline, x0=start_points(ctx, evidence, np.array([i]))[0],
                           weights0=_start_weights(evidence, i, start))
-    if basis is None:
-        return
+    if basis is not None:
+        _prove(ctx, evidence, i, basis, b64, lo, hi)
+
+
+def _prove(ctx: Context, evidence: Evidence, i: int, basis: Basis, b64, lo, hi) -> None:
+    """From an optimal basis: a witness from its vertex when t > 0, else a float64
+    certificate from its weights, else an exact one from its square system."""
+    W = ctx.W
     if basis.t > 0:
         for x in (np.clip(basis.x, lo, hi), refined_vertex(W, b64, i, basis, lo, hi)):
             lower = witness_lower(W, b64, i, x)

@@ -1,0 +1,108 @@
+"""The batched simplex of the basis stage: its optimal values against HiGHS (scipy) and the
+exact oracle, its bases' structure, and the check it closes on heads that look trained."""
+
+from __future__ import annotations
+
+from collections import deque
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import unargmax_jax as ua
+from unargmax_jax import domains as dom
+from unargmax_jax import exact
+from unargmax_jax.solve import basis, simplex
+from unargmax_jax.trained import trained_head
+from unargmax_jax.verdicts import ARGMAXABLE
+
+from helpers import highs_margins, small_heads
+
+
+def _solve_all(W, b, lo, hi, tokens, *, batch_size=8, **options):
+    W = np.asarray(W, np.float32)
+    d = W.shape[1]
+    b64 = np.zeros(W.shape[0]) if b is None else np.asarray(b, np.float64)
+    lo, hi = np.broadcast_to(np.float64(lo), (d,)).copy(), np.broadcast_to(np.float64(hi), (d,)).copy()
+    # Start from the row strongest at the token's own direction, as the stage's fallback does.
+    start = lambda i: np.argsort(-(W.astype(np.float64) @ W[i].astype(np.float64)))[:3]
+    outcomes = simplex.solve(W, b64, deque(int(i) for i in tokens), start, lo, hi, batch_size=batch_size,
+                             max_pivots=50 * (d + 1), **options)
+    return {o.token: o for o in outcomes}
+
+
+@pytest.mark.parametrize("lo,hi", [(-100.0, 100.0), (-10.0, 10.0), (-3.0, 7.5)])
+def test_optimal_values_equal_highs_on_a_trained_head(lo, hi):
+    W, b = trained_head(400, 10, steps=150, batch=512, seed=4)
+    tokens = np.arange(0, 400, 7)
+    found = _solve_all(W, b, lo, hi, tokens, batch_size=16)
+    assert set(found) == set(tokens.tolist())
+    truth = highs_margins(W, b, lo, hi, tokens)
+    scale = np.abs(np.asarray(W)).sum(axis=1).max() * max(abs(lo), abs(hi)) + np.abs(b).max()
+    for i, m in zip(tokens, truth):
+        out = found[int(i)]
+        assert out.status == simplex.OPTIMAL
+        assert abs(out.t - m) <= 1e-9 * scale, (i, out.t, m)
+        # A vertex: |J| = |F| + 1, lam in the simplex on J, x in the box.
+        assert out.active.sum() == out.free.sum() + 1
+        assert np.all(out.lam[~out.active] == 0) and abs(out.lam.sum() - 1) < 1e-9
+        assert np.all(out.x >= lo) and np.all(out.x <= hi)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(small_heads())
+def test_optimal_values_equal_the_exact_oracle(head):
+    W, b = head
+    if W.shape[0] < 3:
+        return
+    truth = exact.box_margins(W, b)
+    found = _solve_all(W, b, -100.0, 100.0, range(W.shape[0]), batch_size=4)
+    scale = 100 * np.abs(W.astype(np.float64)).sum(axis=1).max() + (0 if b is None else np.abs(b).max())
+    for i, m in enumerate(truth):
+        assert found[i].status == simplex.OPTIMAL
+        assert abs(Fraction(found[i].t) - m) <= Fraction(1e-9) * Fraction(float(scale)) + Fraction(1e-300), (i, m)
+
+
+def test_unargmaxable_tokens_end_early_with_a_proof():
+    """``decide`` sees every basis: a token whose bound is already negative stops there."""
+    W, b = trained_head(300, 8, steps=150, batch=512, seed=2)
+    truth = highs_margins(W, b, -100.0, 100.0)
+    negative = np.flatnonzero(truth < -1e-3)[:6]
+    assert negative.size
+    calls = []
+
+    def decide(outcome, margins):
+        calls.append(outcome.token)
+        return outcome.t < 0
+
+    found = _solve_all(W, b, -100.0, 100.0, negative, decide=decide)
+    assert not found  # each ended in decide, before optimality was needed
+    assert set(calls) == set(negative.tolist())
+
+
+def test_pivot_cap_hands_the_token_on():
+    W, b = trained_head(300, 8, steps=150, batch=512, seed=2)
+    W32, b64 = np.asarray(W, np.float32), np.asarray(b, np.float64)
+    lo, hi = np.full(8, -100.0), np.full(8, 100.0)
+    found = list(simplex.solve(W32, b64, deque([5, 6]), lambda i: [0 if i else 1], lo, hi, batch_size=2,
+                               max_pivots=1, price_every=1))
+    assert sorted(o.token for o in found) == [5, 6]
+    assert all(o.status in (simplex.FAILED, simplex.OPTIMAL) and o.pivots <= 1 for o in found)
+
+
+def test_trained_head_closed_by_the_simplex_and_verified(monkeypatch):
+    """A short PDHG run leaves many tokens to the basis stage; the batched simplex decides
+    them (not HiGHS's per-token path), in agreement with HiGHS, and verify accepts."""
+    W, b = trained_head(800, 16, steps=150, batch=512, seed=6)
+    per_token = []
+    monkeypatch.setattr(basis, "_decide_row", lambda ctx, evidence, i, *args: per_token.append(i))
+    report = ua.check(W, b, dom.Box(-100.0, 100.0), pdhg_iterations=128, pdhg_round_iterations=128)
+    assert report.counts()["undecided"] == 0 and not per_token
+    hard = np.flatnonzero(report.stage == "basis")
+    assert hard.size >= 5
+    truth = highs_margins(W, b, -100.0, 100.0, hard)
+    clear = np.abs(truth) > 1e-7
+    assert np.all((truth[clear] > 0) == (report.verdict[hard][clear] == ARGMAXABLE))
+    assert np.all((report.lower[hard] <= truth + 1e-6) & (truth - 1e-6 <= report.upper[hard]))
+    assert ua.verify(report, W, b).ok
