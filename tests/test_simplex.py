@@ -15,7 +15,7 @@ from unargmax_jax import domains as dom
 from unargmax_jax import exact
 from unargmax_jax.solve import basis, simplex
 from unargmax_jax.trained import trained_head
-from unargmax_jax.verdicts import ARGMAXABLE
+from unargmax_jax.verdicts import ARGMAXABLE, UNARGMAXABLE
 
 from helpers import highs_margins, small_heads
 
@@ -106,3 +106,52 @@ def test_trained_head_closed_by_the_simplex_and_verified(monkeypatch):
     assert np.all((truth[clear] > 0) == (report.verdict[hard][clear] == ARGMAXABLE))
     assert np.all((report.lower[hard] <= truth + 1e-6) & (truth - 1e-6 <= report.upper[hard]))
     assert ua.verify(report, W, b).ok
+
+
+def _head_with_a_dominated_cluster(n: int = 120, seed: int = 7):
+    """A trained head plus ``n`` rare classes that training never moved apart: one row
+    (a convex combination of trained rows, with a bias 0.01 below the combination's) plus
+    noise of a few float32 ulps per entry. Every cluster row is unargmaxable (its margin is
+    about -0.01, the noise moves it by < 1e-4 on the box) and first-order iterations cannot
+    tell the rows apart. Returns (W, b, cluster ids)."""
+    W, b = trained_head(600, 12, steps=150, batch=512, seed=seed)
+    W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
+    rng = np.random.default_rng(seed)
+    parents = rng.choice(600, size=5, replace=False)
+    lam = rng.dirichlet(np.ones(5))
+    centre, bias = lam @ W[parents], lam @ b[parents] - 0.01
+    noise = rng.integers(-4, 5, size=(n, W.shape[1])) * np.spacing(np.abs(centre).astype(np.float32)).astype(np.float64)
+    cluster = (centre + noise).astype(np.float32)
+    W = np.vstack([W.astype(np.float32), cluster])
+    b = np.r_[b, np.full(n, bias)].astype(np.float32)
+    return W, b, np.arange(600, 600 + n)
+
+
+def test_a_cluster_of_near_duplicate_rows_is_decided_by_one_shared_certificate(monkeypatch):
+    W, b, cluster = _head_with_a_dominated_cluster()
+    solved = []
+    original = simplex.start
+
+    def counting_start(W_, b_, tokens, *args, **kwargs):
+        solved.extend(int(t) for t in tokens)
+        return original(W_, b_, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(simplex, "start", counting_start)
+    report = ua.check(W, b)
+    assert report.counts()["undecided"] == 0
+    assert np.all(report.verdict[cluster] == UNARGMAXABLE)
+    assert np.all(report.stage[cluster] == "basis")
+    assert np.all(report.upper[cluster] < 0)
+    # One LP (or a few: rows on a grid line may form two groups), not one per row.
+    assert len(set(solved) & set(cluster.tolist())) <= 4
+    truth = highs_margins(W, b, -100.0, 100.0, cluster[:5])
+    assert np.all(truth < 0)
+    assert ua.verify(report, W, b).ok
+
+
+def test_near_duplicate_groups():
+    W = np.array([[1.0, 2.0], [1.0 + 1e-9, 2.0], [1.0, 2.0 - 1e-9], [0.5, 2.0], [0.5, 2.0], [3.0, 1.0]])
+    b = np.zeros(6)
+    groups = basis.near_duplicate_groups(W, b, np.arange(6))
+    assert [sorted(g.tolist()) for g in groups] == [[0, 1, 2], [3, 4]]
+    assert basis.near_duplicate_groups(W, b + np.arange(6), np.arange(6)) == []

@@ -31,7 +31,7 @@ class Settings(NamedTuple):
         braid_steps: braid-reflect steps (Grivas et al., 2022) after the second screening
             pass; 0 skips them.
         ascent_steps: optax steps of smoothed-margin ascent per token.
-        pdhg_iterations: PDHG iterations per token, in total over its rounds.
+        pdhg_iterations: PDHG iterations per token, in total over its rounds; 0 skips PDHG.
         pdhg_round_iterations: PDHG iterations between competitor-set refreshes.
         pdhg_adaptive_step: PDLP's adaptive step size instead of a fixed one (see
             :func:`unargmax_jax.solve.pdhg.solve`).

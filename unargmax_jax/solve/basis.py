@@ -289,8 +289,7 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     todo = phases.todo("basis", pending(evidence))
     if not todo.size or not isinstance(ctx.domain, (dom.Box, dom.Ball)) or ctx.settings.basis_rounds <= 0:
         return
-    d = ctx.W.shape[1]
-    b64 = np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
+    b64 = _bias64(ctx)
     if isinstance(ctx.domain, dom.Ball):
         for n, i in enumerate(todo):
             if ctx.expired():
@@ -298,14 +297,94 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
             ball.decide_row(ctx, evidence, int(i), b64)
             ctx.progress.update("basis", n + 1, todo.size)
         return
-    lo = np.broadcast_to(np.asarray(ctx.domain.lo, np.float64), (d,)).copy()
-    hi = np.broadcast_to(np.asarray(ctx.domain.hi, np.float64), (d,)).copy()
+    _solve_box_rows(ctx, evidence, todo, b64, *_box_bounds(ctx))
+
+
+def _box_bounds(ctx: Context):
+    d = ctx.W.shape[1]
+    return tuple(np.broadcast_to(np.asarray(v, np.float64), (d,)).copy() for v in (ctx.domain.lo, ctx.domain.hi))
+
+
+def _solve_box_rows(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> None:
+    """The batched simplex for ``todo``, then HiGHS one row at a time for what it leaves;
+    every certificate found is tried on all undecided rows."""
     left = _batched_simplex(ctx, evidence, todo, b64, lo, hi)
     for n, i in enumerate(left):
         if ctx.expired():
             break
-        _decide_row(ctx, evidence, int(i), b64, lo, hi)
+        if evidence.verdict[i] == UNDECIDED:
+            _decide_row(ctx, evidence, int(i), b64, lo, hi)
+            if evidence.verdict[i] == UNARGMAXABLE:
+                share_certificate(ctx, evidence, int(i), b64, lo, hi)
         ctx.progress.update("basis", todo.size - left.size + n + 1, todo.size)
+
+
+def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6) -> list:
+    """Groups (of at least two) of rows among ``ids`` whose weights and bias agree to
+    ``relative`` times the head's largest entry, largest group first: rows snapped to that
+    grid and compared exactly (rows near a grid line may fall into two groups)."""
+    if ids.size < 2:
+        return []
+    rows = np.c_[np.asarray(W[ids], np.float64), b64[ids]]
+    step = relative * max(float(np.max(np.abs(rows))), 1e-300)
+    _, group, counts = np.unique(np.round(rows / step), axis=0, return_inverse=True, return_counts=True)
+    group = group.ravel()
+    order = np.argsort(-counts, kind="stable")
+    return [ids[group == g] for g in order if counts[g] > 1]
+
+
+def decide_groups(ctx: Context, evidence: Evidence) -> None:
+    """Before PDHG, on a box: one representative per group of nearly identical undecided
+    rows gets an optimal basis, and its certificate (if it is unargmaxable) is tried on
+    every undecided row (:func:`share_certificate`). Groups of rare classes that training
+    barely moved are common (thousands of rows within float32 rounding of each other in an
+    OCR head); first-order iterations cannot separate their margins, one LP decides them all."""
+    if not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only:
+        return
+    groups = near_duplicate_groups(ctx.W, _bias64(ctx), pending(evidence))
+    if not groups:
+        return
+    started = time.monotonic()
+    lo, hi = _box_bounds(ctx)
+    _solve_box_rows(ctx, evidence, np.array([int(g[0]) for g in groups]), _bias64(ctx), lo, hi)
+    # Runs inside the PDHG stage's clock: book it to this stage.
+    evidence.seconds["basis"] += time.monotonic() - started
+    evidence.seconds["pdhg"] -= time.monotonic() - started
+
+
+def _bias64(ctx: Context) -> np.ndarray:
+    return np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
+
+
+def share_certificate(ctx: Context, evidence: Evidence, token: int, b64, lo, hi) -> int:
+    """Try token's certificate on every other undecided row; returns how many it decides.
+
+    A certificate lam proves :math:`z_j \le \lambda^T z` on X for any row j whose
+    :math:`U_j(\lambda) = b_j - \lambda^T b + \sigma(w_j - W^T \lambda) \le 0`, not only for
+    the row it was found for. Heads often hold large groups of almost identical rows (rare
+    classes that training barely moved: thousands in an OCR head), all dominated by one
+    combination of trained rows: one LP then decides the whole group. One float64 pass
+    over the undecided rows screens them; each row that passes is re-bounded rigorously
+    (:func:`float_certificate_bound`) without itself in the support."""
+    support = np.asarray(evidence.cert_support.get(token, []), np.int64)
+    weights = np.asarray(evidence.cert_weights.get(token, []), np.float64)
+    others = pending(evidence)
+    if ctx.exact_certificates_only or not support.size or not others.size:
+        return 0
+    s = float(weights.sum())
+    combination = (weights @ rows64(ctx.W, support)) / s
+    g = rows64(ctx.W, others) - combination
+    estimate = b64[others] - float(weights @ b64[support]) / s + np.maximum(g * lo, g * hi).sum(axis=1)
+    decided = 0
+    for j in others[estimate < 0]:
+        keep = support != j
+        if not np.any(keep & (weights > 0)):
+            continue
+        upper = float_certificate_bound(ctx.W, b64, lo, hi, int(j), support[keep], weights[keep])
+        if upper <= 0:
+            keep_float_certificate(evidence, int(j), "basis", support[keep], weights[keep], upper)
+            decided += 1
+    return decided
 
 
 def _batched_simplex(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> np.ndarray:
@@ -317,6 +396,8 @@ def _batched_simplex(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo
 
     def early(out: simplex.Outcome, margins: np.ndarray) -> bool:
         nonlocal done
+        if evidence.verdict[out.token] != UNDECIDED:  # decided by a shared certificate
+            return True
         margins = margins.copy()
         margins[out.token] = np.inf
         if out.t < 0 and not ctx.exact_certificates_only:
@@ -330,21 +411,28 @@ def _batched_simplex(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo
         decided = evidence.verdict[out.token] != UNDECIDED
         done += decided
         if decided:
+            done += _shared(out.token)
             ctx.progress.update("basis", done, todo.size)
         return decided
+
+    def _shared(i: int) -> int:
+        return share_certificate(ctx, evidence, i, b64, lo, hi) if evidence.verdict[i] == UNARGMAXABLE else 0
 
     left = []
     outcomes = simplex.solve(W, b64, deque(int(i) for i in todo), lambda i: _start_rows(ctx, evidence, i), lo, hi,
                              batch_size=ctx.settings.chunk_size, max_pivots=ctx.settings.simplex_pivots or 8 * (d + 1),
-                             decide=early, expired=ctx.expired)
+                             decide=early, expired=ctx.expired, wanted=lambda i: evidence.verdict[i] == UNDECIDED,
+                             start_points=lambda ids: np.asarray(start_points(ctx, evidence, ids), np.float64))
     for out in outcomes:
+        if evidence.verdict[out.token] != UNDECIDED:  # a shared certificate got there first
+            continue
         if out.status == simplex.OPTIMAL:
             _prove(ctx, evidence, out.token, Basis(out.rows, out.x, out.t, out.lam, out.active, out.free, True),
                    b64, lo, hi)
         if evidence.verdict[out.token] == UNDECIDED:
             left.append(out.token)
         else:
-            done += 1
+            done += 1 + _shared(out.token)
             ctx.progress.update("basis", done, todo.size)
     return np.array(left, np.int64)
 

@@ -33,6 +33,7 @@ from .._memory import TRIM_INTERVAL, return_freed_memory
 from .._shapes import Array, Float, Int
 from ..resume import Phases
 from ..verdicts import UNDECIDED
+from . import basis
 from .context import Context, DeviceHead
 from .evidence import Evidence, pending, record_certificate, record_witness, start_points
 
@@ -399,6 +400,9 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     """PDHG rounds with row generation. Slots of a fixed-size batch are refilled as tokens
     finish, so one slow token never holds up a whole batch; between rounds each token's
     competitor set takes in the strongest rows at its point."""
+    basis.decide_groups(ctx, evidence)
+    if ctx.settings.pdhg_iterations <= 0:
+        return
     queue = deque(int(i) for i in phases.todo("pdhg", pending(evidence)))
     total, finished = len(queue), 0
     warm: dict[int, _Warm] = {}

@@ -47,7 +47,9 @@ class Batch(NamedTuple):
         norms: (B, K) :math:`\\|[a_j; 1]\\|`, for the normalised pricing rule.
         basis: (B, m) the column basic in each row of the basis.
         inverse: (B, m, m) the basis matrices' inverses; the basic solution is its last column.
-        pivots: (B,) pivots made; ``status``: (B,) OPTIMAL, RUNNING or FAILED.
+        pivots: (B,) pivots made; ``status``: (B,) OPTIMAL, RUNNING, FAILED or DECIDED.
+        artificial: (B, m) the column of the artificial variable (index K + 2d) of a
+            crashed start, cost ``penalty`` (B,).
     """
 
     tokens: np.ndarray
@@ -59,6 +61,8 @@ class Batch(NamedTuple):
     inverse: np.ndarray
     pivots: np.ndarray
     status: np.ndarray
+    artificial: np.ndarray
+    penalty: np.ndarray
 
 
 def _slot_columns(W, b64, tokens, rows):
@@ -69,61 +73,77 @@ def _slot_columns(W, b64, tokens, rows):
     return cols, cost, np.sqrt(np.einsum("bkd,bkd->bk", cols, cols) + 1.0)
 
 
+def _kinds(index: np.ndarray, K: int, d: int):
+    """Which variable each column index is: (lam slot, p, q, artificial) masks and the
+    coordinate k of a p or q."""
+    lam, art = index < K, index == K + 2 * d
+    p = ~lam & (index < K + d)
+    return lam, p, ~lam & ~p & ~art, art, (index - K) % d
+
+
+def _columns_of(batch: Batch, index: np.ndarray) -> np.ndarray:
+    """(B, n, m): the columns with indices ``index`` (B, n)."""
+    B, K, d = batch.cols.shape
+    lam, p, q, art, k = _kinds(index, K, d)
+    slot = np.where(lam, index, 0)
+    out = np.zeros(index.shape + (d + 1,))
+    out[..., :d] = np.take_along_axis(batch.cols, slot[:, :, None], axis=1)
+    out[..., d] = 1.0
+    out *= lam[..., None]
+    b, n = np.nonzero(p | q)
+    out[b, n, k[b, n]] = np.where(p[b, n], -1.0, 1.0)
+    out[art] = batch.artificial[np.nonzero(art)[0]]
+    return out
+
+
 def _basis_matrix(batch: Batch) -> np.ndarray:
     """(B, m, m): column r is the column of the variable basic in row r."""
-    B, K, d = batch.cols.shape
-    m = d + 1
-    is_lam = batch.basis < K
-    slot = np.where(is_lam, batch.basis, 0)
-    lam_cols = np.take_along_axis(batch.cols, slot[:, :, None], axis=1)  # (B, m, d)
-    M = np.zeros((B, m, m))
-    M[:, :d, :] = np.swapaxes(lam_cols, 1, 2) * is_lam[:, None, :]
-    M[:, d, :] = is_lam
-    b, r = np.nonzero(~is_lam)
-    k = (batch.basis[b, r] - K) % d
-    M[b, k, r] = np.where(batch.basis[b, r] < K + d, -1.0, 1.0)
-    return M
+    return np.swapaxes(_columns_of(batch, batch.basis), 1, 2)
 
 
 def _column(batch: Batch, entering: np.ndarray) -> np.ndarray:
     """(B, m): the column of each token's entering variable."""
-    B, K, d = batch.cols.shape
-    slot = np.minimum(entering, K - 1)
-    col = np.zeros((B, d + 1))
-    col[:, :d] = batch.cols[np.arange(B), slot]
-    col[:, d] = 1.0
-    unit = entering >= K
-    col[unit] = 0.0
-    k = (entering[unit] - K) % d
-    col[np.flatnonzero(unit), k] = np.where(entering[unit] < K + d, -1.0, 1.0)
-    return col
+    return _columns_of(batch, entering[:, None])[:, 0]
 
 
-def _basic_costs(batch: Batch, lo, hi) -> np.ndarray:
+def _costs_of(batch: Batch, index: np.ndarray, lo, hi) -> np.ndarray:
     K, d = batch.cols.shape[1:]
-    slot = np.minimum(batch.basis, K - 1)
-    k = (batch.basis - K) % d
-    lam_cost = np.take_along_axis(batch.cost, slot, axis=1)
-    return np.where(batch.basis < K, lam_cost, np.where(batch.basis < K + d, hi[k], -lo[k]))
+    lam, p, q, art, k = _kinds(index, K, d)
+    lam_cost = np.take_along_axis(batch.cost, np.where(lam, index, 0), axis=1)
+    return np.where(lam, lam_cost, np.where(p, hi[k], np.where(q, -lo[k], batch.penalty[:, None])))
 
 
 def duals(batch: Batch, lo, hi) -> np.ndarray:
     """(B, m) simplex multipliers y (B^T y = c_B): the margin LP's (-x, t)."""
-    return np.einsum("bij,bi->bj", batch.inverse, _basic_costs(batch, lo, hi))
+    return np.einsum("bij,bi->bj", batch.inverse, _costs_of(batch, batch.basis, lo, hi))
 
 
 def objective(batch: Batch, lo, hi) -> np.ndarray:
-    """(B,) c_B^T x_B: an upper bound on each token's margin (up to rounding)."""
-    return np.einsum("bi,bi->b", _basic_costs(batch, lo, hi), batch.inverse[:, :, -1])
+    """(B,) c_B^T x_B: an upper bound on each token's margin (up to rounding) once no
+    artificial is basic."""
+    return np.einsum("bi,bi->b", _costs_of(batch, batch.basis, lo, hi), batch.inverse[:, :, -1])
 
 
 def _reduced_costs(batch: Batch, y, lo, hi) -> np.ndarray:
-    """(B, K + 2d) reduced costs over column norms; +inf on basic columns."""
+    """(B, K + 2d + 1) reduced costs over column norms; +inf on basic columns and on the
+    artificial (once it has left it never comes back)."""
     B, K, d = batch.cols.shape
     lam = (batch.cost - np.einsum("bkd,bd->bk", batch.cols, y[:, :d]) - y[:, d:]) / batch.norms
-    rc = np.concatenate([lam, hi + y[:, :d], -lo - y[:, :d]], axis=1)
+    rc = np.concatenate([lam, hi + y[:, :d], -lo - y[:, :d], np.full((B, 1), np.inf)], axis=1)
     np.put_along_axis(rc, batch.basis, np.inf, axis=1)
     return rc
+
+
+def _update(batch: Batch, moving: np.ndarray, u: np.ndarray, r: np.ndarray, entering: np.ndarray) -> None:
+    """Product-form update of the inverses: column ``entering`` (B^-1 a = u) replaces the
+    variable basic in row r, for the tokens ``moving``."""
+    B = u.shape[0]
+    pivot = np.where(moving, u[np.arange(B), r], 1.0)
+    u = np.where(moving[:, None], u, 0.0)
+    row = batch.inverse[np.arange(B), r, :] / pivot[:, None]
+    np.subtract(batch.inverse, u[:, :, None] * row[:, None, :], out=batch.inverse)
+    batch.inverse[np.arange(B), r, :] = row
+    batch.basis[moving, r[moving]] = entering[moving]
 
 
 def _pivot(batch: Batch, moving: np.ndarray, entering: np.ndarray, *, feasibility: float) -> None:
@@ -140,45 +160,99 @@ def _pivot(batch: Batch, moving: np.ndarray, entering: np.ndarray, *, feasibilit
     failed = moving & ~np.any(usable, axis=1)
     batch.status[failed] = FAILED
     moving = moving & ~failed
-    r = np.argmax(np.where(near, u, -np.inf), axis=1)
-    B = u.shape[0]
-    pivot = np.where(moving, u[np.arange(B), r], 1.0)
-    u = np.where(moving[:, None], u, 0.0)
-    row = batch.inverse[np.arange(B), r, :] / pivot[:, None]
-    np.subtract(batch.inverse, u[:, :, None] * row[:, None, :], out=batch.inverse)
-    batch.inverse[np.arange(B), r, :] = row
-    batch.basis[moving, r[moving]] = entering[moving]
+    _update(batch, moving, u, np.argmax(np.where(near, u, -np.inf), axis=1), entering)
     batch.pivots[moving] += 1
+
+
+def _invert(M: np.ndarray):
+    """(inverses, ok): batched inverses of (B, m, m), ok False where a matrix is singular
+    or too ill-conditioned to pivot on in float64."""
+    inverse, ok = np.zeros_like(M), np.ones(M.shape[0], bool)
+    try:
+        inverse[...] = np.linalg.inv(M)
+    except np.linalg.LinAlgError:
+        for n in range(M.shape[0]):
+            try:
+                inverse[n] = np.linalg.inv(M[n])
+            except np.linalg.LinAlgError:
+                ok[n] = False
+    size = np.abs(inverse).max(axis=(1, 2)) * np.abs(M).max(axis=(1, 2))
+    return inverse, ok & np.isfinite(size) & (size < 1e12)
 
 
 def refactor(batch: Batch) -> None:
     """Recompute the inverses from the basis columns (rounding in the updates grows);
     a token whose basis matrix is singular is marked FAILED."""
-    M = _basis_matrix(batch)
-    try:
-        batch.inverse[...] = np.linalg.inv(M)
-    except np.linalg.LinAlgError:
-        for n in range(M.shape[0]):
-            try:
-                batch.inverse[n] = np.linalg.inv(M[n])
-            except np.linalg.LinAlgError:
-                batch.status[n] = FAILED
+    inverse, ok = _invert(_basis_matrix(batch))
+    batch.inverse[ok] = inverse[ok]
+    batch.status[~ok] = FAILED
 
 
-def start(W, b64, tokens, candidates, lo, hi) -> Batch:
-    """A feasible starting basis per token: lam = 1 on its first candidate row j, and p_k or
-    q_k (by the sign of :math:`a_{jk}`) absorbing g = a_j. ``candidates``: (B, slots) rows."""
+def _cold_basis(cols: np.ndarray, K: int) -> np.ndarray:
+    """lam = 1 on slot 0 (row j), and p_k or q_k (by the sign of a_jk) absorbing g = a_j:
+    always feasible."""
+    d = cols.shape[2]
+    k = np.arange(d)
+    return np.concatenate([np.where(cols[:, 0, :] >= 0, K + k, K + d + k), np.zeros((cols.shape[0], 1), np.int64)],
+                          axis=1)
+
+
+def _crash_basis(cols: np.ndarray, cost: np.ndarray, x0: np.ndarray, lo, hi) -> np.ndarray:
+    """The basis a near-optimal point x0 suggests: its coordinates strictly inside the box
+    free (F), the others' p or q basic (at hi: p, at lo: q), and the |F| + 1 slots with
+    the smallest margins at x0 as lam (J). Feasible only if the guess is right."""
+    B, K, d = cols.shape
+    width = hi - lo
+    free = (x0 > lo + 1e-4 * width) & (x0 < hi - 1e-4 * width)
+    margins = cost + np.einsum("bkd,bd->bk", cols, x0)
+    order = np.argsort(margins, axis=1, kind="stable")
+    basis = np.empty((B, d + 1), np.int64)
+    k = np.arange(d)
+    for n in range(B):
+        F = int(free[n].sum())
+        if F + 1 > K:  # more free coordinates than rows to hold them: no crash
+            return None
+        at_bound = k[~free[n]]
+        upper = x0[n, at_bound] - lo[at_bound] > hi[at_bound] - x0[n, at_bound]
+        basis[n] = np.concatenate([order[n, :F + 1], np.where(upper, K + at_bound, K + d + at_bound)])
+    return basis
+
+
+def start(W, b64, tokens, candidates, lo, hi, x0=None, *, penalty: float = 1.0) -> Batch:
+    """A starting basis per token. Cold: lam = 1 on its first candidate row (feasible).
+    With a near-optimal point ``x0`` (B, d): the basis it suggests (:func:`_crash_basis`);
+    where that basic solution has negative entries, one artificial column (Wolfe's single
+    artificial variable, cost ``penalty``: big-M) enters at the most negative one, which
+    makes it feasible, and the simplex drives the artificial out. ``candidates``: (B, K)."""
     tokens = np.asarray(tokens, np.int64)
     rows = np.asarray(candidates, np.int64)
     cols, cost, norms = _slot_columns(W, b64, tokens, rows)
-    (B, slots), d = rows.shape, W.shape[1]
-    k = np.arange(d)
-    basis = np.empty((B, d + 1), np.int64)
-    basis[:, :d] = np.where(cols[:, 0, :] >= 0, slots + k, slots + d + k)
-    basis[:, d] = 0
-    batch = Batch(tokens, rows, cols, cost, norms, basis, np.zeros((B, d + 1, d + 1)), np.zeros(B, np.int64),
-                  np.full(B, RUNNING, np.int8))
-    refactor(batch)
+    (B, K), d = rows.shape, W.shape[1]
+    m = d + 1
+    basis = _cold_basis(cols, K)
+    crash = None if x0 is None else _crash_basis(cols, cost, np.clip(np.asarray(x0, np.float64), lo, hi), lo, hi)
+    batch = Batch(tokens, rows, cols, cost, norms, basis, np.zeros((B, m, m)), np.zeros(B, np.int64),
+                  np.full(B, RUNNING, np.int8), np.zeros((B, m)), np.full(B, penalty))
+    cold_inverse, _ = _invert(_basis_matrix(batch))
+    batch.inverse[...] = cold_inverse
+    if crash is None:
+        return batch
+    scale = float(np.max(np.abs(cost))) + float(np.max(np.maximum(np.abs(lo), np.abs(hi)))) * float(
+        np.max(np.abs(cols).sum(axis=2)))
+    batch.basis[...] = crash
+    inverse, ok = _invert(_basis_matrix(batch))
+    batch.basis[~ok] = basis[~ok]
+    batch.inverse[ok] = inverse[ok]
+    x_B = batch.inverse[:, :, -1]
+    short = ok & (x_B.min(axis=1) < 0)
+    if short.any():
+        # The artificial column a = B u with u = -1 on the negative entries: entering at the
+        # most negative one lifts every negative entry to >= 0.
+        u = -(x_B < 0).astype(np.float64)
+        batch.artificial[...] = np.einsum("bij,bj->bi", _basis_matrix(batch), u)
+        # Big enough that no real column's cost can pay for keeping the artificial basic.
+        batch.penalty[...] = 1e3 * (1.0 + scale * np.abs(batch.artificial).sum(axis=1))
+        _update(batch, short, u, np.argmin(x_B, axis=1), np.full(B, K + 2 * d))
     return batch
 
 
@@ -254,27 +328,29 @@ def outcome(batch: Batch, n: int, y, lo, hi) -> Outcome:
     K, d = batch.cols.shape[1:]
     basis, x_B = batch.basis[n], batch.inverse[n, :, -1]
     lam = np.zeros(K)
-    is_lam = basis < K
+    is_lam, p, q, _, k = _kinds(basis, K, d)
     lam[basis[is_lam]] = np.maximum(x_B[is_lam], 0.0)
     active = np.zeros(K, bool)
     active[basis[is_lam]] = True
     bound = np.zeros(d, bool)
-    bound[(basis[~is_lam] - K) % d] = True
+    bound[k[p | q]] = True
     return Outcome(int(batch.tokens[n]), batch.rows[n].copy(), lam, np.clip(-y[n, :d], lo, hi), float(y[n, d]),
                    active, ~bound, int(batch.status[n]), int(batch.pivots[n]))
 
 
 def solve(W, b64, queue: deque, candidates, lo, hi, *, batch_size: int, max_pivots: int, price_every: int = 8,
-          refactor_every: int = 32, decide=None, expired=lambda: False):
+          refactor_every: int = 32, decide=None, expired=lambda: False, start_points=None, wanted=lambda i: True):
     """Run the simplex on every token of ``queue`` (consumed), ``batch_size`` at a time
     (finished tokens' places are refilled); yields an :class:`Outcome` per token that ends
     OPTIMAL or FAILED. ``candidates(token) -> rows`` gives a token's starting rows (its
-    first one enters the starting basis). Every ``price_every`` pivots all C rows are
+    first one enters a cold starting basis); ``start_points(tokens) -> (B, d)``, if given,
+    near-optimal points whose suggested basis starts the simplex instead. Every ``price_every`` pivots all C rows are
     priced at each token's point; there ``decide(outcome, margins) -> bool`` (margins: the
-    float64 margins of all rows at the point) may end a token early: it found a proof."""
+    float64 margins of all rows at the point) may end a token early: it found a proof.
+    Tokens for which ``wanted(token)`` is False by the time they would start are skipped."""
     d = W.shape[1]
     m = d + 1
-    slots = min(2 * m + 16, W.shape[0] - 1)
+    slots = K = min(2 * m + 16, W.shape[0] - 1)
     extent = float(np.max(np.maximum(np.abs(lo), np.abs(hi))))
     optimality = 1e-11 * max(extent, 1e-300)
     norms = np.linalg.norm(np.asarray(W[:4096], np.float64), axis=1)
@@ -290,10 +366,15 @@ def solve(W, b64, queue: deque, candidates, lo, hi, *, batch_size: int, max_pivo
                 yield from (outcome(batch, n, y, lo, hi) for n in np.flatnonzero(ended))
             batch = take(batch, batch.status == RUNNING)
         running = 0 if batch is None else batch.tokens.size
-        if running < batch_size and queue and not expired():
-            new = [queue.popleft() for _ in range(min(batch_size - running, len(queue)))]
+        new = []
+        while running + len(new) < batch_size and queue and not expired():
+            token = queue.popleft()
+            if wanted(token):
+                new.append(token)
+        if new:
             rows = np.stack([_fill(candidates(i), i, slots, W.shape[0]) for i in new])
-            fresh = start(W, b64, np.array(new), rows, lo, hi)
+            fresh = start(W, b64, np.array(new), rows, lo, hi,
+                          None if start_points is None else start_points(np.array(new)))
             batch = fresh if batch is None else concatenate(batch, fresh)
         if batch is None or not batch.tokens.size:
             return
@@ -315,7 +396,9 @@ def solve(W, b64, queue: deque, candidates, lo, hi, *, batch_size: int, max_pivo
             improving = rc[np.arange(rc.shape[0]), entering] < -optimality
             if step == 0:
                 done = run & ~improving & (added == 0)
-                batch.status[done] = OPTIMAL
+                # An artificial still carrying weight at the optimum: float64 lost the way.
+                infeasible = np.any((batch.basis == K + 2 * d) & (batch.inverse[:, :, -1] > 1e-9), axis=1)
+                batch.status[done] = np.where(infeasible[done], FAILED, OPTIMAL)
                 run &= ~done
             moving = run & improving
             if not moving.any():
