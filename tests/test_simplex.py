@@ -91,29 +91,13 @@ def test_pivot_cap_hands_the_token_on():
     assert all(o.status in (simplex.FAILED, simplex.OPTIMAL) and o.pivots <= 1 for o in found)
 
 
-def test_trained_head_closed_by_the_simplex_and_verified(monkeypatch):
-    """A short PDHG run leaves many tokens to the basis stage; the batched simplex decides
-    them (not HiGHS's per-token path), in agreement with HiGHS, and verify accepts."""
-    W, b = trained_head(800, 16, steps=150, batch=512, seed=6)
-    per_token = []
-    monkeypatch.setattr(basis, "_decide_row", lambda ctx, evidence, i, *args: per_token.append(i))
-    report = ua.check(W, b, dom.Box(-100.0, 100.0), pdhg_iterations=128, pdhg_round_iterations=128)
-    assert report.counts()["undecided"] == 0 and not per_token
-    hard = np.flatnonzero(report.stage == "basis")
-    assert hard.size >= 5
-    truth = highs_margins(W, b, -100.0, 100.0, hard)
-    clear = np.abs(truth) > 1e-7
-    assert np.all((truth[clear] > 0) == (report.verdict[hard][clear] == ARGMAXABLE))
-    assert np.all((report.lower[hard] <= truth + 1e-6) & (truth - 1e-6 <= report.upper[hard]))
-    assert ua.verify(report, W, b).ok
-
-
-def _head_with_a_dominated_cluster(n: int = 120, seed: int = 7):
+def _head_with_a_dominated_cluster(n: int = 120, seed: int = 7, spread: float = 0.0, tight: int = 0):
     """A trained head plus ``n`` rare classes that training never moved apart: one row
     (a convex combination of trained rows, with a bias 0.01 below the combination's) plus
     noise of a few float32 ulps per entry. Every cluster row is unargmaxable (its margin is
     about -0.01, the noise moves it by < 1e-4 on the box) and first-order iterations cannot
-    tell the rows apart. Returns (W, b, cluster ids)."""
+    tell the rows apart. ``spread`` > 0 moves each row further, by that fraction of the
+    entries (training that moved the rare rows a little). Returns (W, b, cluster ids)."""
     W, b = trained_head(600, 12, steps=150, batch=512, seed=seed)
     W, b = np.asarray(W, np.float64), np.asarray(b, np.float64)
     rng = np.random.default_rng(seed)
@@ -121,6 +105,7 @@ def _head_with_a_dominated_cluster(n: int = 120, seed: int = 7):
     lam = rng.dirichlet(np.ones(5))
     centre, bias = lam @ W[parents], lam @ b[parents] - 0.01
     noise = rng.integers(-4, 5, size=(n, W.shape[1])) * np.spacing(np.abs(centre).astype(np.float32)).astype(np.float64)
+    noise[tight:] += spread * np.abs(centre) * rng.standard_normal((n - tight, W.shape[1]))
     cluster = (centre + noise).astype(np.float32)
     W = np.vstack([W.astype(np.float32), cluster])
     b = np.r_[b, np.full(n, bias)].astype(np.float32)
@@ -155,3 +140,28 @@ def test_near_duplicate_groups():
     groups = basis.near_duplicate_groups(W, b, np.arange(6))
     assert [sorted(g.tolist()) for g in groups] == [[0, 1, 2], [3, 4]]
     assert basis.near_duplicate_groups(W, b + np.arange(6), np.arange(6)) == []
+
+
+def test_rows_near_a_solved_row_are_solved_by_the_simplex_from_its_vertex(monkeypatch):
+    """Rows moved too far for the representative's certificate to cover them: each needs
+    its own LP; the simplex, started at the representative's optimal vertex, solves them
+    (HiGHS runs for the representative only), in agreement with HiGHS."""
+    W, b, cluster = _head_with_a_dominated_cluster(n=60, spread=3e-3, tight=20)
+    per_token = []
+    original = basis._decide_row
+
+    def counting(ctx, evidence, i, *args):
+        per_token.append(i)
+        return original(ctx, evidence, i, *args)
+
+    monkeypatch.setattr(basis, "_decide_row", counting)
+    report = ua.check(W, b)
+    assert report.counts()["undecided"] == 0
+    moved = cluster[20:]
+    assert np.all(report.stage[cluster] == "basis"), report.stage[cluster]
+    assert len(set(per_token) & set(cluster.tolist())) <= 4
+    assert np.any(report.upper[moved] > report.upper[cluster[0]] + 1e-3)  # not the shared certificate
+    truth = highs_margins(W, b, -100.0, 100.0, cluster)
+    assert np.all((truth > 0) == (report.verdict[cluster] == ARGMAXABLE))
+    assert np.all((report.lower[cluster] <= truth + 1e-6) & (truth - 1e-6 <= report.upper[cluster]))
+    assert ua.verify(report, W, b).ok

@@ -306,17 +306,75 @@ def _box_bounds(ctx: Context):
 
 
 def _solve_box_rows(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> None:
-    """The batched simplex for ``todo``, then HiGHS one row at a time for what it leaves;
-    every certificate found is tried on all undecided rows."""
-    left = _batched_simplex(ctx, evidence, todo, b64, lo, hi)
-    for n, i in enumerate(left):
-        if ctx.expired():
-            break
-        if evidence.verdict[i] == UNDECIDED:
-            _decide_row(ctx, evidence, int(i), b64, lo, hi)
+    """Optimal bases for the rows ``todo``: HiGHS one row at a time, except rows near a row
+    already solved here, which go to the batched simplex (:mod:`.simplex`) started from
+    that row's optimal vertex (the neighbour's basis is almost right for them; from a
+    point found by first-order iterations the simplex needs far more pivots than HiGHS).
+    Every certificate found is tried on all undecided rows (:func:`share_certificate`)."""
+    queue, vertices, tried = [int(i) for i in todo], _Vertices(ctx, b64), set()
+    while queue and not ctx.expired():
+        queue = [i for i in queue if evidence.verdict[i] == UNDECIDED]
+        ready = vertices.near([i for i in queue if i not in tried])
+        if ready:
+            tried.update(ready)
+            _batched_simplex(ctx, evidence, ready, b64, lo, hi, vertices)
+        elif queue:
+            i = next(i for i in queue if i not in ready)
+            queue.remove(i)
+            found = _decide_row(ctx, evidence, i, b64, lo, hi)
+            if found is not None and found.complete:
+                vertices.add(i, found.x)
             if evidence.verdict[i] == UNARGMAXABLE:
-                share_certificate(ctx, evidence, int(i), b64, lo, hi)
-        ctx.progress.update("basis", todo.size - left.size + n + 1, todo.size)
+                share_certificate(ctx, evidence, i, b64, lo, hi)
+        ctx.progress.update("basis", todo.size - len(queue), todo.size)
+
+
+NEAR = 0.02  # relative distance of [w; b / extent] under which a solved row's vertex starts another's simplex
+
+
+def _scaled_rows(ctx: Context, b64, ids) -> np.ndarray:
+    """(n, d + 1) rows ``[w; b / extent]``: one unit of distance moves a margin on X by about one unit."""
+    ids = np.asarray(ids, np.int64)
+    return np.c_[rows64(ctx.W, ids), b64[ids] / max(float(np.max(ctx.extent)), 1e-300)]
+
+
+def _nearest(ctx: Context, b64, rows, targets):
+    """For each of ``rows``: (distance to its nearest row among ``targets``, the position of
+    that target, its own norm), all as ``_scaled_rows``."""
+    A, B = _scaled_rows(ctx, b64, rows), _scaled_rows(ctx, b64, targets)
+    dist = np.sqrt(np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T, 0.0))
+    best = np.argmin(dist, axis=1)
+    return dist[np.arange(len(rows)), best], best, np.linalg.norm(A, axis=1)
+
+
+class _Vertices:
+    """Optimal vertices of the rows solved so far, and which open rows lie within relative
+    distance ``NEAR`` of one (each open row's nearest solved row is updated as rows are
+    solved, so each pair is measured once)."""
+
+    def __init__(self, ctx: Context, b64):
+        self.ctx, self.b64 = ctx, b64
+        self.x: dict[int, np.ndarray] = {}
+        self.new: list[int] = []
+        self.nearest: dict[int, tuple[float, int, float]] = {}
+
+    def add(self, token: int, x: np.ndarray) -> None:
+        self.x[token] = np.asarray(x, np.float64)
+        self.new.append(token)
+
+    def near(self, open_rows: list) -> dict:
+        """{row: the optimal vertex of its nearest solved row} for the open rows near one.
+        Open rows only ever shrink, so each solved row is measured against them once."""
+        if not open_rows:
+            return {}
+        if self.new:
+            dist, best, norm = _nearest(self.ctx, self.b64, open_rows, self.new)
+            for r, i in enumerate(open_rows):
+                if dist[r] < self.nearest.get(i, (np.inf,))[0]:
+                    self.nearest[i] = (float(dist[r]), self.new[best[r]], float(norm[r]))
+            self.new = []
+        return {i: self.x[self.nearest[i][1]] for i in open_rows
+                if i in self.nearest and self.nearest[i][0] <= NEAR * self.nearest[i][2]}
 
 
 def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6) -> list:
@@ -333,6 +391,9 @@ def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: floa
     return [ids[group == g] for g in order if counts[g] > 1]
 
 
+MAX_GROUPS = 32  # representatives solved before PDHG (HiGHS, up to a second each at d ~ 100)
+
+
 def decide_groups(ctx: Context, evidence: Evidence) -> None:
     """Before PDHG, on a box: one representative per group of nearly identical undecided
     rows gets an optimal basis, and its certificate (if it is unargmaxable) is tried on
@@ -341,12 +402,22 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     OCR head); first-order iterations cannot separate their margins, one LP decides them all."""
     if not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only:
         return
-    groups = near_duplicate_groups(ctx.W, _bias64(ctx), pending(evidence))
+    b64 = _bias64(ctx)
+    groups = near_duplicate_groups(ctx.W, b64, pending(evidence))[:MAX_GROUPS]
     if not groups:
         return
     started = time.monotonic()
     lo, hi = _box_bounds(ctx)
-    _solve_box_rows(ctx, evidence, np.array([int(g[0]) for g in groups]), _bias64(ctx), lo, hi)
+    representatives = [int(g[0]) for g in groups]
+    # With them, the rows that training moved a little away from a group: the
+    # representative's vertex starts their simplex (after its certificate has decided
+    # what it can).
+    others = np.setdiff1d(pending(evidence), representatives)
+    near = []
+    if others.size:
+        dist, _, norm = _nearest(ctx, b64, others, representatives)
+        near = others[dist <= NEAR * norm].tolist()
+    _solve_box_rows(ctx, evidence, np.array(representatives + near, np.int64), b64, lo, hi)
     # Runs inside the PDHG stage's clock: book it to this stage.
     evidence.seconds["basis"] += time.monotonic() - started
     evidence.seconds["pdhg"] -= time.monotonic() - started
@@ -387,15 +458,13 @@ def share_certificate(ctx: Context, evidence: Evidence, token: int, b64, lo, hi)
     return decided
 
 
-def _batched_simplex(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> np.ndarray:
-    """Optimal bases for all of ``todo`` from :mod:`.simplex` (a batch at a time), proofs
-    from the bases (or earlier, at any basis whose bound already signs the margin); returns
-    the rows it left undecided, for the per-row HiGHS path."""
+def _batched_simplex(ctx: Context, evidence: Evidence, starts: dict, b64, lo, hi, vertices: _Vertices) -> None:
+    """Optimal bases for the rows of ``starts`` (row -> starting point) from the batched
+    simplex, proofs from them (or earlier, at any basis whose bound already signs the
+    margin); each optimal vertex joins ``vertices``. Rows it does not finish stay open."""
     W, d = ctx.W, ctx.W.shape[1]
-    done = 0
 
     def early(out: simplex.Outcome, margins: np.ndarray) -> bool:
-        nonlocal done
         if evidence.verdict[out.token] != UNDECIDED:  # decided by a shared certificate
             return True
         margins = margins.copy()
@@ -408,33 +477,27 @@ def _batched_simplex(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo
             lower = witness_lower(W, b64, out.token, out.x)
             if lower is not None and lower > 0:
                 keep_float64_witness(evidence, out.token, "basis", out.x, lower)
-        decided = evidence.verdict[out.token] != UNDECIDED
-        done += decided
-        if decided:
-            done += _shared(out.token)
-            ctx.progress.update("basis", done, todo.size)
-        return decided
+        if evidence.verdict[out.token] == UNARGMAXABLE:
+            share_certificate(ctx, evidence, out.token, b64, lo, hi)
+        return evidence.verdict[out.token] != UNDECIDED
 
-    def _shared(i: int) -> int:
-        return share_certificate(ctx, evidence, i, b64, lo, hi) if evidence.verdict[i] == UNARGMAXABLE else 0
+    def candidates(i: int) -> np.ndarray:
+        # The rows strongest at the start: the tight rows of the neighbour's basis among them.
+        z = np.asarray(W @ starts[i].astype(W.dtype), np.float64) + b64
+        return np.argsort(-z, kind="stable")[: 2 * (d + 1) + 17]
 
-    left = []
-    outcomes = simplex.solve(W, b64, deque(int(i) for i in todo), lambda i: _start_rows(ctx, evidence, i), lo, hi,
-                             batch_size=ctx.settings.chunk_size, max_pivots=ctx.settings.simplex_pivots or 8 * (d + 1),
-                             decide=early, expired=ctx.expired, wanted=lambda i: evidence.verdict[i] == UNDECIDED,
-                             start_points=lambda ids: np.asarray(start_points(ctx, evidence, ids), np.float64))
+    outcomes = simplex.solve(W, b64, deque(starts), candidates, lo, hi, batch_size=ctx.settings.chunk_size,
+                             max_pivots=ctx.settings.simplex_pivots or 3 * (d + 1), decide=early, expired=ctx.expired,
+                             wanted=lambda i: evidence.verdict[i] == UNDECIDED,
+                             start_points=lambda ids: np.stack([starts[int(i)] for i in ids]))
     for out in outcomes:
-        if evidence.verdict[out.token] != UNDECIDED:  # a shared certificate got there first
+        if evidence.verdict[out.token] != UNDECIDED or out.status != simplex.OPTIMAL:
             continue
-        if out.status == simplex.OPTIMAL:
-            _prove(ctx, evidence, out.token, Basis(out.rows, out.x, out.t, out.lam, out.active, out.free, True),
-                   b64, lo, hi)
-        if evidence.verdict[out.token] == UNDECIDED:
-            left.append(out.token)
-        else:
-            done += 1 + _shared(out.token)
-            ctx.progress.update("basis", done, todo.size)
-    return np.array(left, np.int64)
+        vertices.add(out.token, out.x)
+        _prove(ctx, evidence, out.token, Basis(out.rows, out.x, out.t, out.lam, out.active, out.free, True),
+               b64, lo, hi)
+        if evidence.verdict[out.token] == UNARGMAXABLE:
+            share_certificate(ctx, evidence, out.token, b64, lo, hi)
 
 
 def _start_rows(ctx: Context, evidence: Evidence, i: int) -> list[int]:
@@ -450,8 +513,8 @@ def _start_weights(evidence: Evidence, i: int, start: list[int]) -> np.ndarray:
     return np.array([weights.get(j, 0.0) for j in start])
 
 
-def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> None:
-    """Row i's optimal basis from HiGHS, and the proof read off it."""
+def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> Basis | None:
+    """Row i's optimal basis from HiGHS, and the proof read off it; returns the basis."""
     settings, W = ctx.settings, ctx.W
     start = _start_rows(ctx, evidence, i)
     deadline = min(ctx.deadline, time.monotonic() + settings.basis_token_seconds)
@@ -460,6 +523,7 @@ def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> None:
                           weights0=_start_weights(evidence, i, start))
     if basis is not None:
         _prove(ctx, evidence, i, basis, b64, lo, hi)
+    return basis
 
 
 def _prove(ctx: Context, evidence: Evidence, i: int, basis: Basis, b64, lo, hi) -> None:
