@@ -165,3 +165,11 @@ def test_rows_near_a_solved_row_are_solved_by_the_simplex_from_its_vertex(monkey
     assert np.all((truth > 0) == (report.verdict[cluster] == ARGMAXABLE))
     assert np.all((report.lower[cluster] <= truth + 1e-6) & (truth - 1e-6 <= report.upper[cluster]))
     assert ua.verify(report, W, b).ok
+
+
+def test_pdhg_iterations_zero_skips_pdhg_and_the_basis_stage_closes_the_rest():
+    W, b = trained_head(300, 8, steps=150, batch=512, seed=2)
+    report = ua.check(W, b, pdhg_iterations=0)
+    assert report.counts()["undecided"] == 0
+    assert "pdhg" not in set(report.stage.tolist()) and "basis" in set(report.stage.tolist())
+    assert ua.verify(report, W, b).ok

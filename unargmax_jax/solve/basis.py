@@ -317,13 +317,13 @@ def _solve_box_rows(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo,
         ready = vertices.near([i for i in queue if i not in tried])
         if ready:
             tried.update(ready)
-            _batched_simplex(ctx, evidence, ready, b64, lo, hi, vertices)
+            _batched_simplex(ctx, evidence, {i: found.x for i, found in ready.items()}, b64, lo, hi, vertices)
         elif queue:
             i = next(i for i in queue if i not in ready)
             queue.remove(i)
-            found = _decide_row(ctx, evidence, i, b64, lo, hi)
+            found = _decide_row(ctx, evidence, i, b64, lo, hi, vertices.nearest_basis(i))
             if found is not None and found.complete:
-                vertices.add(i, found.x)
+                vertices.add(i, found)
             if evidence.verdict[i] == UNARGMAXABLE:
                 share_certificate(ctx, evidence, i, b64, lo, hi)
         ctx.progress.update("basis", todo.size - len(queue), todo.size)
@@ -348,33 +348,41 @@ def _nearest(ctx: Context, b64, rows, targets):
 
 
 class _Vertices:
-    """Optimal vertices of the rows solved so far, and which open rows lie within relative
-    distance ``NEAR`` of one (each open row's nearest solved row is updated as rows are
-    solved, so each pair is measured once)."""
+    """Optimal bases of the rows solved so far, and which open rows lie within relative
+    distance ``NEAR`` of one (each row's nearest solved row is updated incrementally:
+    a row is measured only against the rows solved since it was last measured)."""
 
     def __init__(self, ctx: Context, b64):
         self.ctx, self.b64 = ctx, b64
-        self.x: dict[int, np.ndarray] = {}
-        self.new: list[int] = []
+        self.solved: list[int] = []
+        self.bases: dict[int, Basis] = {}
+        self.seen: dict[int, int] = {}
         self.nearest: dict[int, tuple[float, int, float]] = {}
 
-    def add(self, token: int, x: np.ndarray) -> None:
-        self.x[token] = np.asarray(x, np.float64)
-        self.new.append(token)
+    def add(self, token: int, found: Basis) -> None:
+        self.solved.append(token)
+        self.bases[token] = found
 
-    def near(self, open_rows: list) -> dict:
-        """{row: the optimal vertex of its nearest solved row} for the open rows near one.
-        Open rows only ever shrink, so each solved row is measured against them once."""
-        if not open_rows:
-            return {}
-        if self.new:
-            dist, best, norm = _nearest(self.ctx, self.b64, open_rows, self.new)
-            for r, i in enumerate(open_rows):
-                if dist[r] < self.nearest.get(i, (np.inf,))[0]:
-                    self.nearest[i] = (float(dist[r]), self.new[best[r]], float(norm[r]))
-            self.new = []
-        return {i: self.x[self.nearest[i][1]] for i in open_rows
+    def _measure(self, rows: list) -> None:
+        start = min((self.seen.get(i, 0) for i in rows), default=len(self.solved))
+        if start >= len(self.solved):
+            return
+        targets = self.solved[start:]
+        dist, best, norm = _nearest(self.ctx, self.b64, rows, targets)
+        for r, i in enumerate(rows):
+            if dist[r] < self.nearest.get(i, (np.inf,))[0]:
+                self.nearest[i] = (float(dist[r]), targets[best[r]], float(norm[r]))
+            self.seen[i] = len(self.solved)
+
+    def near(self, rows: list) -> dict:
+        """{row: its nearest solved row's optimal basis} for the rows within ``NEAR`` of one."""
+        if rows:
+            self._measure(rows)
+        return {i: self.bases[self.nearest[i][1]] for i in rows
                 if i in self.nearest and self.nearest[i][0] <= NEAR * self.nearest[i][2]}
+
+    def nearest_basis(self, row: int) -> Basis | None:
+        return self.near([row]).get(row)
 
 
 def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6) -> list:
@@ -493,9 +501,9 @@ def _batched_simplex(ctx: Context, evidence: Evidence, starts: dict, b64, lo, hi
     for out in outcomes:
         if evidence.verdict[out.token] != UNDECIDED or out.status != simplex.OPTIMAL:
             continue
-        vertices.add(out.token, out.x)
-        _prove(ctx, evidence, out.token, Basis(out.rows, out.x, out.t, out.lam, out.active, out.free, True),
-               b64, lo, hi)
+        found = Basis(out.rows, out.x, out.t, out.lam, out.active, out.free, True)
+        vertices.add(out.token, found)
+        _prove(ctx, evidence, out.token, found, b64, lo, hi)
         if evidence.verdict[out.token] == UNARGMAXABLE:
             share_certificate(ctx, evidence, out.token, b64, lo, hi)
 
@@ -513,14 +521,20 @@ def _start_weights(evidence: Evidence, i: int, start: list[int]) -> np.ndarray:
     return np.array([weights.get(j, 0.0) for j in start])
 
 
-def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi) -> Basis | None:
-    """Row i's optimal basis from HiGHS, and the proof read off it; returns the basis."""
+def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi, neighbour: Basis | None = None) -> Basis | None:
+    """Row i's optimal basis from HiGHS, and the proof read off it; returns the basis.
+    HiGHS starts from a near row's optimal basis (its rows, and the basis its vertex and
+    weights suggest) when one is given, else from row i's own best point and certificate."""
     settings, W = ctx.settings, ctx.W
-    start = _start_rows(ctx, evidence, i)
+    if neighbour is not None:
+        keep = neighbour.rows != i
+        start, x0, weights0 = neighbour.rows[keep].tolist(), neighbour.x, neighbour.lam[keep]
+    else:
+        start = _start_rows(ctx, evidence, i)
+        x0, weights0 = start_points(ctx, evidence, np.array([i]))[0], _start_weights(evidence, i, start)
     deadline = min(ctx.deadline, time.monotonic() + settings.basis_token_seconds)
     basis = optimal_basis(W, b64, i, lo, hi, start, rounds=settings.basis_rounds, grow=max(32, W.shape[1] // 2),
-                          deadline=deadline, x0=start_points(ctx, evidence, np.array([i]))[0],
-                          weights0=_start_weights(evidence, i, start))
+                          deadline=deadline, x0=x0, weights0=weights0)
     if basis is not None:
         _prove(ctx, evidence, i, basis, b64, lo, hi)
     return basis
