@@ -6,8 +6,10 @@
 2. ``ascent``: smoothed-margin ascent (optax) over the top-k competitors;
 3. ``pdhg``: restarted PDHG rounds with row generation (fixed-capacity competitor
    sets refreshed from a full-head evaluation between rounds);
-4. ``basis``: on a box, an optimal float64 basis per token (HiGHS, row generation), and
-   the witness, float64 certificate or exact (FLINT) certificate read off it;
+4. ``basis``: on a box, an optimal float64 basis per token (HiGHS with row generation,
+   or the batched simplex from a nearby solved row's vertex), and the witness, float64
+   certificate or exact (FLINT) certificate read off it; certificates are shared with
+   every row they bound (groups of near-identical rows go first, before PDHG);
 5. ``rational``: exact rational LP on a few candidate rows for margins that no
    floating-point bound can sign (exactly 0, e.g. rows inside the hull without bias).
 

@@ -6,8 +6,12 @@ For token i on a box, HiGHS's dual simplex solves the margin LP on competitor ro
           (w_i - w_j)^T x + b_i - b_j \\ge t \\quad (j \\in S),
 
 with row generation against all C rows (rows violated at the optimum x join S), warm
-started from PDHG's competitor set. HiGHS only finds the basis: every verdict rests on
-this package's own bounds.
+started from the optimal basis of the nearest row solved so far, or from PDHG's point
+and competitor set. Rows near a solved row go to the batched simplex of :mod:`.simplex`
+first, started at that row's vertex. Every certificate found is tried on all undecided
+rows (:func:`share_certificate`), and before PDHG one row of each group of nearly
+identical rows is solved (:func:`decide_groups`). The solvers only find bases: every
+verdict rests on this package's own bounds.
 
 * t > 0: the vertex x is a witness, its margin bounded in float64 with a rounding pad
   and exactly on the rows float64 cannot settle (:func:`witness_lower`).

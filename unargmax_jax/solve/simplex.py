@@ -12,13 +12,18 @@ cost of row j is :math:`z_i(x) - z_j(x) - t`, so pricing the rows is one product
 row generation is built in (columns enter from a fixed-capacity set of candidate rows,
 refilled from all C rows every few pivots).
 
-Every lam the iteration visits is feasible, so its objective is an upper bound on the
-margin all along: an unargmaxable token is certified as soon as the bound is negative,
-long before optimality. The batch keeps B explicit inverses of the (d + 1) x (d + 1)
-basis matrices (product-form updates, refactorised every few dozen pivots) in NumPy
-float64: each pivot of the whole batch is a handful of batched matrix-vector products.
-A pivoting rule of Dantzig on normalised columns with Harris's two-pass ratio test; a
-token that stalls or runs out of pivots is left to the per-token HiGHS path.
+Once the start's artificial column has left, every lam the iteration visits is
+feasible, so its objective is an upper bound on the margin: an unargmaxable token is
+certified as soon as the bound is negative, before optimality. The batch keeps B explicit
+inverses of the (d + 1) x (d + 1) basis matrices (product-form updates, refactorised every
+few dozen pivots) in NumPy float64: each pivot of the whole batch is a handful of batched
+matrix-vector products. Dantzig's rule on normalised columns, Harris's two-pass ratio test.
+
+A primal simplex is only as quick as its start: from the point of a first-order method
+it needs thousands of pivots on a hard token of a real head (more than HiGHS's dual
+simplex takes), from the optimal vertex of a nearby row (a row that training moved a
+little away from an already solved one) a few dozen. :mod:`.basis` uses it for those;
+a token that runs out of pivots goes on to HiGHS.
 
 This module only finds bases; :mod:`.basis` proves the verdicts from them.
 """
@@ -116,12 +121,6 @@ def _costs_of(batch: Batch, index: np.ndarray, lo, hi) -> np.ndarray:
 def duals(batch: Batch, lo, hi) -> np.ndarray:
     """(B, m) simplex multipliers y (B^T y = c_B): the margin LP's (-x, t)."""
     return np.einsum("bij,bi->bj", batch.inverse, _costs_of(batch, batch.basis, lo, hi))
-
-
-def objective(batch: Batch, lo, hi) -> np.ndarray:
-    """(B,) c_B^T x_B: an upper bound on each token's margin (up to rounding) once no
-    artificial is basic."""
-    return np.einsum("bi,bi->b", _costs_of(batch, batch.basis, lo, hi), batch.inverse[:, :, -1])
 
 
 def _reduced_costs(batch: Batch, y, lo, hi) -> np.ndarray:
