@@ -38,6 +38,24 @@ def test_trained_head_every_token_decided_and_agrees_with_highs(trained, radius)
     assert ua.verify(report, W, b).ok
 
 
+@pytest.mark.parametrize("radius", [100.0, 10.0])
+def test_trained_head_at_scale_agrees_with_highs(radius):
+    """A 5000 x 64 softmax regression fitted on Zipf classes, with a bias: 0 undecided, and
+    every sampled hard token (not decided by the screen) has HiGHS's sign and lies in its
+    proved interval."""
+    W, b = trained_head(5000, 64, steps=200, batch=1024, seed=11)
+    report = ua.check(W, b, dom.Box(-radius, radius))
+    assert report.counts()["undecided"] == 0
+    hard = np.flatnonzero(report.stage != "screen")
+    assert hard.size >= 20
+    sample = np.random.default_rng(0).choice(hard, size=min(40, hard.size), replace=False)
+    truth = highs_margins(W, b, -radius, radius, sample)
+    clear = np.abs(truth) > 1e-7
+    assert np.all((truth[clear] > 0) == (report.verdict[sample][clear] == ARGMAXABLE))
+    assert np.all((report.lower[sample] <= truth + 1e-6) & (truth - 1e-6 <= report.upper[sample]))
+    assert ua.verify(report, W, b).ok
+
+
 def _planted_head(d: int, C: int, margin: float, *, bias: bool, seed: int = 0):
     """Dyadic rows; rows 0 and 1 tie at the top at x = 0 (the others lower by >= 64); the
     planted last row w = (w_0 + w_1) / 2 (exact) with b = b_0 + margin * scale has margin
@@ -55,8 +73,8 @@ def _planted_head(d: int, C: int, margin: float, *, bias: bool, seed: int = 0):
     return W, (b.astype(np.float32) if bias else None), C, eps
 
 
-@pytest.mark.parametrize("d", [16, 64])
-@pytest.mark.parametrize("margin", [1e-3, -1e-3, 1e-6, -1e-6])
+@pytest.mark.parametrize("d,margin", [(d, m) for d in (16, 64) for m in (1e-3, -1e-3, 1e-6, -1e-6)]
+                         + [(256, 1e-6), (256, -1e-6)])
 def test_planted_margins_are_decided_with_their_sign(d, margin):
     W, b, token, eps = _planted_head(d, 300, margin, bias=True)
     report = ua.check(W, b)

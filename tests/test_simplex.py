@@ -13,7 +13,7 @@ from hypothesis import given, settings
 import unargmax_jax as ua
 from unargmax_jax import domains as dom
 from unargmax_jax import exact
-from unargmax_jax.solve import basis, simplex
+from unargmax_jax.solve import basis, neighbours, simplex
 from unargmax_jax.trained import trained_head
 from unargmax_jax.verdicts import ARGMAXABLE, UNARGMAXABLE
 
@@ -137,9 +137,9 @@ def test_a_cluster_of_near_duplicate_rows_is_decided_by_one_shared_certificate(m
 def test_near_duplicate_groups():
     W = np.array([[1.0, 2.0], [1.0 + 1e-9, 2.0], [1.0, 2.0 - 1e-9], [0.5, 2.0], [0.5, 2.0], [3.0, 1.0]])
     b = np.zeros(6)
-    groups = basis.near_duplicate_groups(W, b, np.arange(6))
+    groups = neighbours.near_duplicate_groups(W, b, np.arange(6))
     assert [sorted(g.tolist()) for g in groups] == [[0, 1, 2], [3, 4]]
-    assert basis.near_duplicate_groups(W, b + np.arange(6), np.arange(6)) == []
+    assert neighbours.near_duplicate_groups(W, b + np.arange(6), np.arange(6)) == []
 
 
 def test_rows_near_a_solved_row_are_solved_by_the_simplex_from_its_vertex(monkeypatch):

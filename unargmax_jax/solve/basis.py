@@ -40,14 +40,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import domains as dom
-from ..bounds import gamma
 from ..resume import Phases
 from ..verdicts import UNARGMAXABLE, UNDECIDED
 from . import ball, simplex
 from .context import Context
 from .evidence import Evidence, pending, start_points
-from .rational import (U64, candidate_rows, combination64, float_at_least, keep_float64_witness, keep_float_certificate,
-                       margins64, rows64, witness_lower)
+from .neighbours import NEAR, Vertices, near_duplicate_groups, nearest, share_certificate
+from .rational import (candidate_rows, float_at_least, float_certificate_bound, keep_float64_witness,
+                       keep_float_certificate, margins64, rows64, witness_lower)
 
 class Basis(NamedTuple):
     """An optimal basis of one token's LP on rows S (float64, from HiGHS).
@@ -175,25 +175,6 @@ def optimal_basis(W, b64: np.ndarray, token: int, lo: np.ndarray, hi: np.ndarray
     return Basis(np.array(lp.rows), x, t, lam, tight, free, False)
 
 
-def float_certificate_bound(W, b64, lo, hi, token: int, support, weights) -> float:
-    """Rigorous float64 upper bound on :math:`U(\\lambda)/s` over the box (s = sum of weights).
-
-    Every sum of n products is off by at most :math:`\\gamma_n` times the sum of the
-    absolute products (any summation order), so each term below carries that pad.
-    """
-    combination = combination64(W, b64, token, support, weights)
-    if combination is None:
-        return np.inf
-    d = W.shape[1]
-    s, g, g_err, bias, bias_err = combination
-    sigma_terms = np.maximum(g * lo, g * hi)
-    sigma = float(sigma_terms.sum())
-    extent = np.maximum(np.abs(lo), np.abs(hi))
-    pad = bias_err + float(g_err @ extent) + gamma(d + 4, np.float64) * (float(np.abs(sigma_terms).sum()) + abs(bias) + abs(sigma))
-    upper = (bias + sigma + pad + 1e-300) / s
-    return upper * (1 + 4 * U64) if upper > 0 else upper * (1 - 4 * U64)
-
-
 def _dyadic_integers(*arrays):
     """The float64 arrays times one power of two 2^-e that makes every entry an integer
     (exact: a float is m 2^e with an integer m), as Python ints, and e."""
@@ -315,7 +296,7 @@ def _solve_box_rows(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo,
     that row's optimal vertex (the neighbour's basis is almost right for them; from a
     point found by first-order iterations the simplex needs far more pivots than HiGHS).
     Every certificate found is tried on all undecided rows (:func:`share_certificate`)."""
-    queue, vertices, tried = [int(i) for i in todo], _Vertices(ctx, b64), set()
+    queue, vertices, tried = [int(i) for i in todo], Vertices(ctx, b64), set()
     while queue and not ctx.expired():
         queue = [i for i in queue if evidence.verdict[i] == UNDECIDED]
         ready = vertices.near([i for i in queue if i not in tried])
@@ -323,84 +304,13 @@ def _solve_box_rows(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo,
             tried.update(ready)
             _batched_simplex(ctx, evidence, {i: found.x for i, found in ready.items()}, b64, lo, hi, vertices)
         elif queue:
-            i = next(i for i in queue if i not in ready)
-            queue.remove(i)
+            i = queue.pop(0)
             found = _decide_row(ctx, evidence, i, b64, lo, hi, vertices.nearest_basis(i))
             if found is not None and found.complete:
                 vertices.add(i, found)
             if evidence.verdict[i] == UNARGMAXABLE:
                 share_certificate(ctx, evidence, i, b64, lo, hi)
         ctx.progress.update("basis", todo.size - len(queue), todo.size)
-
-
-NEAR = 0.02  # relative distance of [w; b / extent] under which a solved row's vertex starts another's simplex
-
-
-def _scaled_rows(ctx: Context, b64, ids) -> np.ndarray:
-    """(n, d + 1) rows ``[w; b / extent]``: one unit of distance moves a margin on X by about one unit."""
-    ids = np.asarray(ids, np.int64)
-    return np.c_[rows64(ctx.W, ids), b64[ids] / max(float(np.max(ctx.extent)), 1e-300)]
-
-
-def _nearest(ctx: Context, b64, rows, targets):
-    """For each of ``rows``: (distance to its nearest row among ``targets``, the position of
-    that target, its own norm), all as ``_scaled_rows``."""
-    A, B = _scaled_rows(ctx, b64, rows), _scaled_rows(ctx, b64, targets)
-    dist = np.sqrt(np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T, 0.0))
-    best = np.argmin(dist, axis=1)
-    return dist[np.arange(len(rows)), best], best, np.linalg.norm(A, axis=1)
-
-
-class _Vertices:
-    """Optimal bases of the rows solved so far, and which open rows lie within relative
-    distance ``NEAR`` of one (each row's nearest solved row is updated incrementally:
-    a row is measured only against the rows solved since it was last measured)."""
-
-    def __init__(self, ctx: Context, b64):
-        self.ctx, self.b64 = ctx, b64
-        self.solved: list[int] = []
-        self.bases: dict[int, Basis] = {}
-        self.seen: dict[int, int] = {}
-        self.nearest: dict[int, tuple[float, int, float]] = {}
-
-    def add(self, token: int, found: Basis) -> None:
-        self.solved.append(token)
-        self.bases[token] = found
-
-    def _measure(self, rows: list) -> None:
-        start = min((self.seen.get(i, 0) for i in rows), default=len(self.solved))
-        if start >= len(self.solved):
-            return
-        targets = self.solved[start:]
-        dist, best, norm = _nearest(self.ctx, self.b64, rows, targets)
-        for r, i in enumerate(rows):
-            if dist[r] < self.nearest.get(i, (np.inf,))[0]:
-                self.nearest[i] = (float(dist[r]), targets[best[r]], float(norm[r]))
-            self.seen[i] = len(self.solved)
-
-    def near(self, rows: list) -> dict:
-        """{row: its nearest solved row's optimal basis} for the rows within ``NEAR`` of one."""
-        if rows:
-            self._measure(rows)
-        return {i: self.bases[self.nearest[i][1]] for i in rows
-                if i in self.nearest and self.nearest[i][0] <= NEAR * self.nearest[i][2]}
-
-    def nearest_basis(self, row: int) -> Basis | None:
-        return self.near([row]).get(row)
-
-
-def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6) -> list:
-    """Groups (of at least two) of rows among ``ids`` whose weights and bias agree to
-    ``relative`` times the head's largest entry, largest group first: rows snapped to that
-    grid and compared exactly (rows near a grid line may fall into two groups)."""
-    if ids.size < 2:
-        return []
-    rows = np.c_[np.asarray(W[ids], np.float64), b64[ids]]
-    step = relative * max(float(np.max(np.abs(rows))), 1e-300)
-    _, group, counts = np.unique(np.round(rows / step), axis=0, return_inverse=True, return_counts=True)
-    group = group.ravel()
-    order = np.argsort(-counts, kind="stable")
-    return [ids[group == g] for g in order if counts[g] > 1]
 
 
 MAX_GROUPS = 32  # representatives solved before PDHG (HiGHS, up to a second each at d ~ 100)
@@ -427,7 +337,7 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     others = np.setdiff1d(pending(evidence), representatives)
     near = []
     if others.size:
-        dist, _, norm = _nearest(ctx, b64, others, representatives)
+        dist, _, norm = nearest(ctx, b64, others, representatives)
         near = others[dist <= NEAR * norm].tolist()
     _solve_box_rows(ctx, evidence, np.array(representatives + near, np.int64), b64, lo, hi)
     # Runs inside the PDHG stage's clock: book it to this stage.
@@ -439,38 +349,7 @@ def _bias64(ctx: Context) -> np.ndarray:
     return np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
 
 
-def share_certificate(ctx: Context, evidence: Evidence, token: int, b64, lo, hi) -> int:
-    """Try token's certificate on every other undecided row; returns how many it decides.
-
-    A certificate lam proves :math:`z_j \le \lambda^T z` on X for any row j whose
-    :math:`U_j(\lambda) = b_j - \lambda^T b + \sigma(w_j - W^T \lambda) \le 0`, not only for
-    the row it was found for. Heads often hold large groups of almost identical rows (rare
-    classes that training barely moved: thousands in an OCR head), all dominated by one
-    combination of trained rows: one LP then decides the whole group. One float64 pass
-    over the undecided rows screens them; each row that passes is re-bounded rigorously
-    (:func:`float_certificate_bound`) without itself in the support."""
-    support = np.asarray(evidence.cert_support.get(token, []), np.int64)
-    weights = np.asarray(evidence.cert_weights.get(token, []), np.float64)
-    others = pending(evidence)
-    if ctx.exact_certificates_only or not support.size or not others.size:
-        return 0
-    s = float(weights.sum())
-    combination = (weights @ rows64(ctx.W, support)) / s
-    g = rows64(ctx.W, others) - combination
-    estimate = b64[others] - float(weights @ b64[support]) / s + np.maximum(g * lo, g * hi).sum(axis=1)
-    decided = 0
-    for j in others[estimate < 0]:
-        keep = support != j
-        if not np.any(keep & (weights > 0)):
-            continue
-        upper = float_certificate_bound(ctx.W, b64, lo, hi, int(j), support[keep], weights[keep])
-        if upper <= 0:
-            keep_float_certificate(evidence, int(j), "basis", support[keep], weights[keep], upper)
-            decided += 1
-    return decided
-
-
-def _batched_simplex(ctx: Context, evidence: Evidence, starts: dict, b64, lo, hi, vertices: _Vertices) -> None:
+def _batched_simplex(ctx: Context, evidence: Evidence, starts: dict, b64, lo, hi, vertices: Vertices) -> None:
     """Optimal bases for the rows of ``starts`` (row -> starting point) from the batched
     simplex, proofs from them (or earlier, at any basis whose bound already signs the
     margin); each optimal vertex joins ``vertices``. Rows it does not finish stay open."""

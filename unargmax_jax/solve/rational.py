@@ -347,6 +347,25 @@ def combination64(W, b64: np.ndarray, token: int, support, weights) -> Combinati
                          float(bias_err))
 
 
+def float_certificate_bound(W, b64, lo, hi, token: int, support, weights) -> float:
+    """Rigorous float64 upper bound on :math:`U(\\lambda)/s` over the box (s = sum of weights).
+
+    Every sum of n products is off by at most :math:`\\gamma_n` times the sum of the
+    absolute products (any summation order), so each term below carries that pad.
+    """
+    combination = combination64(W, b64, token, support, weights)
+    if combination is None:
+        return np.inf
+    d = W.shape[1]
+    s, g, g_err, bias, bias_err = combination
+    sigma_terms = np.maximum(g * lo, g * hi)
+    sigma = float(sigma_terms.sum())
+    extent = np.maximum(np.abs(lo), np.abs(hi))
+    pad = bias_err + float(g_err @ extent) + gamma(d + 4, np.float64) * (float(np.abs(sigma_terms).sum()) + abs(bias) + abs(sigma))
+    upper = (bias + sigma + pad + 1e-300) / s
+    return upper * (1 + 4 * U64) if upper > 0 else upper * (1 - 4 * U64)
+
+
 def margins64(W, b64: np.ndarray, token: int, x: np.ndarray, *, block: int = 1 << 15):
     """Float64 :math:`z_i(x) - z_j(x)` and :math:`(|w_i| + |w_j|)^T |x| + |b_i| + |b_j|` for every
     row j, a block of rows at a time (no float64 copy of the head)."""
