@@ -173,3 +173,17 @@ def test_pdhg_iterations_zero_skips_pdhg_and_the_basis_stage_closes_the_rest():
     assert report.counts()["undecided"] == 0
     assert "pdhg" not in set(report.stage.tolist()) and "basis" in set(report.stage.tolist())
     assert ua.verify(report, W, b).ok
+
+
+def test_no_groups_are_solved_without_a_bias(monkeypatch):
+    """Regression: on a box around 0 with no bias every margin is >= 0, so no shared float
+    certificate can decide a row; the group step must not spend LPs on representatives
+    (Whisper's tied head spent its basis time on them). With the bias it does run."""
+    W, b, _ = _head_with_a_dominated_cluster(n=20)
+    calls = []
+    monkeypatch.setattr(basis, "near_duplicate_groups", lambda *args, **kw: calls.append(1) or [])
+    ua.check(W, b)
+    assert calls
+    calls.clear()
+    ua.check(W)
+    assert not calls

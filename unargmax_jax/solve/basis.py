@@ -324,12 +324,17 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     OCR head); first-order iterations cannot separate their margins, one LP decides them all."""
     if not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only:
         return
+    lo, hi = _box_bounds(ctx)
+    if ctx.b is None and np.all(lo <= 0) and np.all(hi >= 0):
+        # Without a bias x = 0 gives every row margin >= 0: no float certificate can
+        # decide a row, so a shared one never does (regression: Whisper's tied head spent
+        # its basis time on 32 representatives' LPs at d = 384, for nothing).
+        return
     b64 = _bias64(ctx)
     groups = near_duplicate_groups(ctx.W, b64, pending(evidence))[:MAX_GROUPS]
     if not groups:
         return
     started = time.monotonic()
-    lo, hi = _box_bounds(ctx)
     representatives = [int(g[0]) for g in groups]
     # With them, the rows that training moved a little away from a group: the
     # representative's vertex starts their simplex (after its certificate has decided
