@@ -167,6 +167,13 @@ def resolve_free(has_bias: bool, dim: int, free_box_radius: float) -> Domain:
     return validate(Ball(0.0, 1.0), dim)
 
 
+def contains_origin(domain: Domain) -> bool:
+    """Whether 0 lies in the box or ball (a head without bias then has every margin >= 0)."""
+    if isinstance(domain, Box):
+        return bool(np.all(np.asarray(domain.lo) <= 0) and np.all(np.asarray(domain.hi) >= 0))
+    return bool(np.linalg.norm(np.asarray(domain.center)) <= float(domain.radius))
+
+
 def project(domain: Domain, x):
     """Euclidean projection of ``x`` (shape ``[..., d]``) onto the domain."""
     if isinstance(domain, Box):

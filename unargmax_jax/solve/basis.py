@@ -324,8 +324,7 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     OCR head); first-order iterations cannot separate their margins, one LP decides them all."""
     if not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only:
         return
-    lo, hi = _box_bounds(ctx)
-    if ctx.b is None and np.all(lo <= 0) and np.all(hi >= 0):
+    if ctx.b is None and dom.contains_origin(ctx.domain):
         # Without a bias x = 0 gives every row margin >= 0: no float certificate can
         # decide a row, so a shared one never does (regression: Whisper's tied head spent
         # its basis time on 32 representatives' LPs at d = 384, for nothing).
@@ -335,6 +334,7 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     if not groups:
         return
     started = time.monotonic()
+    lo, hi = _box_bounds(ctx)
     representatives = [int(g[0]) for g in groups]
     # With them, the rows that training moved a little away from a group: the
     # representative's vertex starts their simplex (after its certificate has decided
@@ -346,8 +346,9 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
         near = others[dist <= NEAR * norm].tolist()
     _solve_box_rows(ctx, evidence, np.array(representatives + near, np.int64), b64, lo, hi)
     # Runs inside the PDHG stage's clock: book it to this stage.
-    evidence.seconds["basis"] += time.monotonic() - started
-    evidence.seconds["pdhg"] -= time.monotonic() - started
+    elapsed = time.monotonic() - started
+    evidence.seconds["basis"] += elapsed
+    evidence.seconds["pdhg"] -= elapsed
 
 
 def _bias64(ctx: Context) -> np.ndarray:

@@ -368,12 +368,6 @@ class _Warm(NamedTuple):
     omega: float
 
 
-def _contains_origin(domain: dom.Domain) -> bool:
-    if isinstance(domain, dom.Box):
-        return bool(np.all(np.asarray(domain.lo) <= 0) and np.all(np.asarray(domain.hi) >= 0))
-    return bool(np.linalg.norm(np.asarray(domain.center)) <= float(domain.radius))
-
-
 def _token_budget(ctx: Context) -> int:
     """PDHG iterations per token. Without a bias and with 0 inside X, x = 0 shows m* >= 0:
     no float certificate can exist, so the exact stage (if d allows it) takes over after a
@@ -383,7 +377,7 @@ def _token_budget(ctx: Context) -> int:
     (``exact_certificates_only``) PDHG's float certificates prove nothing, so there too it
     only gets a short run before the basis stage."""
     settings = ctx.settings
-    zero_floor = ctx.b is None and _contains_origin(ctx.domain)
+    zero_floor = ctx.b is None and dom.contains_origin(ctx.domain)
     exact_later = (zero_floor and _exact_available(ctx)) or (ctx.exact_certificates_only and settings.basis_rounds > 0)
     if isinstance(ctx.domain, dom.Box) and exact_later:
         return min(settings.pdhg_iterations, 2 * settings.pdhg_round_iterations)
