@@ -28,7 +28,7 @@ def scaled_rows(ctx: Context, b64, ids) -> np.ndarray:
 
 def nearest(ctx: Context, b64, rows, targets):
     """For each of ``rows``: (distance to its nearest row among ``targets``, the position of
-    that target, its own norm), all as ``_scaled_rows``."""
+    that target, its own norm), all as :func:`scaled_rows`."""
     A, B = scaled_rows(ctx, b64, rows), scaled_rows(ctx, b64, targets)
     dist = np.sqrt(np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2 * A @ B.T, 0.0))
     best = np.argmin(dist, axis=1)
@@ -90,8 +90,8 @@ def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: floa
 def share_certificate(ctx: Context, evidence: Evidence, token: int, b64, lo, hi) -> int:
     """Try token's certificate on every other undecided row; returns how many it decides.
 
-    A certificate lam proves :math:`z_j \le \lambda^T z` on X for any row j whose
-    :math:`U_j(\lambda) = b_j - \lambda^T b + \sigma(w_j - W^T \lambda) \le 0`, not only for
+    A certificate lam proves :math:`z_j \\le \\lambda^T z` on X for any row j whose
+    :math:`U_j(\\lambda) = b_j - \\lambda^T b + \\sigma(w_j - W^T \\lambda) \\le 0`, not only for
     the row it was found for. Heads often hold large groups of almost identical rows (rare
     classes that training barely moved: thousands in an OCR head), all dominated by one
     combination of trained rows: one LP then decides the whole group. One float64 pass
