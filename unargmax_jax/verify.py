@@ -207,7 +207,7 @@ def _exact_certificate_value(W, bias, domain, i, support, weights, rational):
 
 
 def exact_combination(W, bias, i, support, lam: list, *, use_flint: bool = True) -> tuple[list, Fraction]:
-    """Exact :math:`g = s w_i - W_S^T \lambda` and :math:`s b_i - \lambda^T b_S` (s = sum lam).
+    r"""Exact :math:`g = s w_i - W_S^T \lambda` and :math:`s b_i - \lambda^T b_S` (s = sum lam).
 
     With FLINT the floats are integers times one power of two and the rationals integers
     over one denominator q, so the k x d combination is one integer product

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import vocab
 from .._memory import return_freed_memory
+from ._gguf_header import GgufHeader, read_header
 from .formats import _Entry, _Format, _row_blocks
 from .names import GGUF_BIAS_NAMES, GGUF_WEIGHT_NAMES
 from .validate import HeadError
@@ -49,9 +50,9 @@ def _split_paths(path: Path) -> list[Path]:
     return shards
 
 
-def _open_reader(gguf, path: Path):
+def _open_reader(path: Path) -> GgufHeader:
     try:
-        return gguf.GGUFReader(path, "r")
+        return read_header(path)
     except _GGUF_READ_ERRORS as err:
         raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
 
@@ -71,13 +72,10 @@ class _GgufFile(_Format):
             raise HeadError(f"{path}: reading GGUF files needs the gguf package: "
                             f"pip install 'unargmax_jax[gguf]'") from None
         self._dequantize = gguf.quants.dequantize
-        self._readers = [_open_reader(gguf, shard) for shard in _split_paths(path)]
-        reader = self._reader = self._readers[0]  # the first shard holds the metadata and the vocabulary
-        try:
-            tokens = reader.get_field("tokenizer.ggml.tokens")
-            self.vocab_size = len(tokens.data) if tokens is not None else None
-        except _GGUF_READ_ERRORS as err:
-            raise HeadError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        self._readers = [_open_reader(shard) for shard in _split_paths(path)]
+        self._fields = self._readers[0].fields  # the first shard holds the metadata and the vocabulary
+        tokens = self._fields.get("tokenizer.ggml.tokens")
+        self.vocab_size = len(tokens) if isinstance(tokens, list) else None
         self._tensors = {}
         for shard in self._readers:
             for tensor in shard.tensors:
@@ -85,7 +83,7 @@ class _GgufFile(_Format):
                     raise HeadError(f"{path}: tensor {tensor.name!r} is in more than one shard of the split")
                 self._tensors[tensor.name] = tensor
         # GGUF lists dimensions fastest first: a [d, C] head is C rows of d values.
-        self.entries = {name: _Entry(tuple(int(v) for v in reversed(tensor.shape.tolist())), None)
+        self.entries = {name: _Entry(tuple(int(v) for v in reversed(tensor.shape)), None)
                         for name, tensor in self._tensors.items()}
 
     def read(self, name: str) -> np.ndarray:
@@ -108,17 +106,14 @@ class _GgufFile(_Format):
         return out.reshape(shape)
 
     def vocabulary(self) -> tuple[list | None, str | None]:
-        tokens = vocab.gguf_tokens(self._reader)
+        tokens = vocab.gguf_tokens(self._fields)
         return (tokens, f"{self.path} (tokenizer.ggml.tokens)") if tokens else (None, None)
 
     def _scalar(self, key: str):
-        field = self._reader.get_field(key)
-        if field is None or not len(field.data):
-            return None
-        value = field.parts[field.data[0]]
+        value = self._fields.get(key)
         if key == "general.architecture":
-            return bytes(value).decode("utf-8", errors="replace")
-        return float(value[0]) if len(value) == 1 else None
+            return value if isinstance(value, str) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def norm_eps(self) -> float | None:
         try:
@@ -132,10 +127,10 @@ class _GgufFile(_Format):
         return None
 
     def close(self) -> None:
-        # The reader holds a NumPy view per metadata item (every token and merge string):
-        # for a real vocabulary that is more memory than the head. Drop it and hand the
-        # freed heap back to the OS so the check that follows does not carry it.
-        self._reader = self._tensors = self._readers = None
+        # The metadata holds every token and merge string: for a real vocabulary that is
+        # more memory than one might expect. Drop it and hand the freed heap back to the OS
+        # so the check that follows does not carry it.
+        self._fields = self._tensors = self._readers = None
         gc.collect()
         return_freed_memory()
 

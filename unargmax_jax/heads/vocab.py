@@ -68,15 +68,10 @@ def read_vocabulary(directory: Path) -> tuple[list[str | None] | None, str | Non
     return None, None
 
 
-def gguf_tokens(reader) -> list[str] | None:
-    """The ``tokenizer.ggml.tokens`` strings of an open ``gguf.GGUFReader``, or None."""
-    field = reader.get_field("tokenizer.ggml.tokens")
-    if field is None:
-        return None
-    try:
-        return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-    except (IndexError, TypeError, ValueError):
-        return None
+def gguf_tokens(fields: dict) -> list[str] | None:
+    """The ``tokenizer.ggml.tokens`` strings of a GGUF file's metadata (key -> value), or None."""
+    tokens = fields.get("tokenizer.ggml.tokens")
+    return tokens if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) else None
 
 
 def fit(tokens: list[str | None] | None, classes: int) -> tuple[str | None, ...] | None:
