@@ -109,3 +109,21 @@ def test_a_snapshot_of_another_run_is_ignored(tmp_path):
     np.testing.assert_array_equal(other.verdict, ua.check(W * 2, None).verdict)
     path.write_bytes(b"garbage")
     assert ua.check(W, None, checkpoint=path).counts()["undecided"] == 0
+
+
+def test_a_stage_start_saves_only_when_a_snapshot_is_due(tmp_path):
+    """Regression: every stage start used to save (a second per stage for a 50k-token head)."""
+    from unargmax_jax.resume import Phases
+    from unargmax_jax.solve.evidence import new_evidence
+
+    class Silent:
+        def note(self, text):
+            raise AssertionError(text)
+
+    evidence = new_evidence(np.ones(5, bool), 3, np.float32)
+    todo = np.arange(5)
+    late = Phases(Checkpoint(tmp_path / "late.npz", "key", every=3600.0), evidence, Silent())
+    assert late.begin("screen", todo) == (todo, 0) and not (tmp_path / "late.npz").exists()
+    due = Phases(Checkpoint(tmp_path / "due.npz", "key", every=0.0), evidence, Silent())
+    assert due.begin("screen 2", todo) == (todo, 0)
+    assert Checkpoint(tmp_path / "due.npz", "key").load()["phase"] == "screen 2"

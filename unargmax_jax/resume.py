@@ -1,11 +1,11 @@
 """Partial-run state on disk, so an interrupted check resumes where it stopped.
 
-The engine works in phases (``verdicts.PHASES``). At the start of each phase, and every
-``every`` seconds inside the screening passes, it saves everything it knows (verdicts,
+The engine works in phases (``verdicts.PHASES``). Every ``every`` seconds, at the start
+of a phase or between the screening passes' chunks, it saves everything it knows (verdicts,
 bounds, witnesses, certificates, competitor sets) together with the phase, the position
 in the phase's token list and that list. A later run with the same key (head sha256,
 settings, domain and token selection) loads the snapshot and continues from it; a phase
-that was cut short is replayed from its saved start, so the final report is the one an
+that was cut short is replayed from its saved position, so the final report is the one an
 uninterrupted run gives. Snapshots are single ``.npz`` files (no pickle) replaced
 atomically, so a kill at any moment leaves the previous snapshot intact.
 """
@@ -105,9 +105,9 @@ class Checkpoint:
 class Phases:
     """Where a run is in ``PHASES``, and the snapshot it resumes from (None: a fresh run).
 
-    Every phase starts with :meth:`begin`, which saves a snapshot (so a run cut short
-    inside the phase replays it from exactly this state) or, when resuming, skips the
-    phases the snapshot has passed and hands back the saved phase's own token list.
+    Every phase starts with :meth:`begin`, which saves a snapshot when one is due (a run
+    cut short inside the phase replays from the latest snapshot) or, when resuming, skips
+    the phases the snapshot has passed and hands back the saved phase's own token list.
     """
 
     def __init__(self, checkpoint: Checkpoint | None, evidence, progress):
@@ -128,8 +128,9 @@ class Phases:
             if here == saved:
                 todo, first, self.snapshot = self.snapshot["todo"], self.snapshot["position"], None
                 return todo, first
-        if self.checkpoint is not None:
-            self.checkpoint.save(phase, 0, todo, self.evidence)
+        # Saved only when due, as inside a phase: a snapshot of 50k certificates takes a
+        # second, and a run cut short replays from the last one it has (the same report).
+        self.save_position(phase, 0, todo)
         return todo, 0
 
     def todo(self, phase: str, todo: np.ndarray) -> np.ndarray:

@@ -125,7 +125,8 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
                         help="per head: stop starting new work after this long; the rest stays undecided")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--checkpoint-seconds", type=float, default=30.0,
-                        help="save partial state to the output directory this often while screening, so an "
+                        help="save partial state to the output directory this often (at a stage's start or between "
+                             "screening chunks), so an "
                              "interrupted run resumes when the same command is run again (default 30)")
     parser.add_argument("--no-background-compile", dest="background_compile", action="store_false",
                         help="compile the later stages when they start, not on a second thread during screening "
