@@ -94,6 +94,38 @@ def test_witness_lower_bound_is_below_exact_margin(seed, shape, scale):
         assert abs(float(wb.margin[i]) - float(exact)) <= 1e-4 * scale * 100 * d + 1e-6
 
 
+@given(st.integers(0, 10_000), st.sampled_from([(16, 3), (24, 2), (40, 4), (64, 3)]), st.sampled_from([1e-3, 1.0, 1e3]),
+       st.booleans())
+@SETTINGS
+def test_blocked_strongest_rival_matches_exact_rationals(seed, shape, scale, ties):
+    """The block-maximum path (num_top=0, C divisible by a block size): L_rig below the
+    exact margin, the rival named attains the exact strongest competitor (up to the
+    rounding of nearly equal logits), under jit and vmap; ``ties`` copies rows next to
+    the token (into its own block) so the own row is often the block's maximum."""
+    rng = np.random.default_rng(seed)
+    C, d = shape
+    assert bounds.rival_block(C) is not None
+    W = (scale * rng.normal(size=(C, d))).astype(np.float32)
+    b = (scale * rng.normal(size=C)).astype(np.float32)
+    if ties:
+        W[1::2], b[1::2] = W[0::2], b[0::2]
+    X = np.concatenate([100 * rng.uniform(-1, 1, size=(C // 2, d)), 100 * W[:C - C // 2] / scale]).astype(np.float32)
+    Wj, bj = jnp.asarray(W), jnp.asarray(b)
+    norms = jnp.linalg.norm(Wj, axis=1)
+    wb = jax.jit(bounds.witness_bounds, static_argnames="num_top")(Wj, bj, norms, jnp.arange(C), jnp.asarray(X), num_top=0)
+    one = jax.vmap(lambda i, x: bounds.witness_bounds(Wj, bj, norms, i[None], x[None], num_top=0))(
+        jnp.arange(C), jnp.asarray(X))
+    np.testing.assert_array_equal(np.asarray(one.rival)[:, 0], np.asarray(wb.rival))
+    for i in range(C):
+        xf = [Fraction(float(v)) for v in X[i]]
+        z = [sum((Fraction(float(W[j, k])) * xf[k] for k in range(d)), Fraction(float(b[j]))) for j in range(C)]
+        strongest = max(z[j] for j in range(C) if j != i)
+        rival = int(wb.rival[i])
+        assert rival != i
+        assert Fraction(float(wb.lower[i])) <= z[i] - strongest
+        assert float(strongest - z[rival]) <= 1e-5 * scale * 100 * d
+
+
 @given(st.integers(0, 10_000), st.sampled_from([(6, 2), (9, 3)]), st.sampled_from([1e-3, 1.0, 1e3]), st.booleans())
 @SETTINGS
 def test_certificate_upper_bound_is_above_exact_value(seed, shape, scale, use_ball):

@@ -212,6 +212,45 @@ def _rival_logits(W, b, ids, X, algorithm: DotAlgorithm):
     return jnp.where(own, -jnp.inf, Z), z_own
 
 
+RIVAL_BLOCKS = (32, 24, 16, 8)
+"""Row-block sizes :func:`strongest_rival` may use: the largest that divides C."""
+
+
+def rival_block(C: int) -> int | None:
+    """The row block for :func:`strongest_rival` (None: C has no divisor in RIVAL_BLOCKS)."""
+    return next((size for size in RIVAL_BLOCKS if C % size == 0 and C > size), None)
+
+
+def _block_logits(W, b, ids, X, blocks, size: int, algorithm: DotAlgorithm):
+    """(n, size) logits of row block ``blocks[r]`` at point r, token r's own row at -inf."""
+    rows = blocks[:, None] * size + jnp.arange(size)[None, :]
+    z = jnp.einsum("nkd,nd->nk", W[rows], X, precision=_preset(algorithm)) + b[rows]
+    return jnp.where(rows == ids[:, None], -jnp.inf, z), rows
+
+
+def strongest_rival(W, b, ids, X, algorithm: DotAlgorithm, size: int):
+    r""":math:`\max_{j \ne i} z_j(x)` and a row attaining it, for each (token i, point x).
+
+    The product is reduced to per-block maxima of ``size`` rows (C divisible by it)
+    without masking the own row: XLA:CPU fuses that reduction into the product, at about
+    1.2x the speed of a masked max followed by an argmax. Only the own row's block is then
+    recomputed without it, and the winning block once more to name the row: two
+    (n, size, d) products. Every logit is some rounding of the same sum, within the pad.
+    """
+    C, n = W.shape[0], X.shape[0]
+    # (C, n) layout: the reduction runs along the product's rows, which XLA:CPU fuses.
+    Z = dot(W, X.T, algorithm) + b[:, None]
+    maxima = jnp.max(Z.reshape(C // size, size, n), axis=1).T
+    own_block = ids // size
+    z_own_block, _ = _block_logits(W, b, ids, X, own_block, size, algorithm)
+    maxima = jnp.where(jnp.arange(C // size)[None, :] == own_block[:, None], jnp.max(z_own_block, axis=1)[:, None],
+                       maxima)
+    strongest = jnp.max(maxima, axis=1)
+    best = jnp.argmax(maxima == strongest[:, None], axis=1)
+    z_best, rows = _block_logits(W, b, ids, X, best, size, algorithm)
+    return strongest, jnp.take_along_axis(rows, jnp.argmax(z_best, axis=1)[:, None], axis=1)[:, 0]
+
+
 def witness_bounds(
     W: Float[Array, "c d"],
     b: Float[Array, " c"],
@@ -242,16 +281,21 @@ def witness_bounds(
     dtype = W.dtype
     d = W.shape[1]
     spec = algorithm_spec(algorithm, dtype)
-    rivals, z_own = _rival_logits(W, b, ids, X, spec)
+    size = rival_block(W.shape[0]) if num_top == 0 else None
+    if size is None:
+        rivals, z_own = _rival_logits(W, b, ids, X, spec)
+        # A max reduction, then the first column attaining it: XLA:CPU vectorises both, while
+        # its (value, index) argmax reduction runs about 4x slower than the max alone.
+        strongest = jnp.max(rivals, axis=1)
+        rival = jnp.argmax(rivals == strongest[:, None], axis=1)
+    else:
+        strongest, rival = strongest_rival(W, b, ids, X, spec, size)
+        z_own = row_dot(W[ids], X, spec) + b[ids]
     x_norm = jnp.linalg.norm(X, axis=1)
     max_norm = jnp.max(row_norms)
     scale = (row_norms[ids] + max_norm) * x_norm + jnp.abs(b[ids]) + jnp.max(jnp.abs(b))
     flush = 2 * flush_pad(spec, dtype) * d ** 0.5 * (x_norm + max_norm)
     pad = product_pad(d, dtype, spec, extra=6) * scale + flush + tiny_pad(d * len(spec.pairs), dtype)
-    # A max reduction, then the first column attaining it: XLA:CPU vectorises both, while
-    # its (value, index) argmax reduction runs about 4x slower than the max alone.
-    strongest = jnp.max(rivals, axis=1)
-    rival = jnp.argmax(rivals == strongest[:, None], axis=1)
     margin = z_own - strongest
     lower = margin - pad
     # fl(a - b) - pad > 0 implies a - b > pad (subtraction keeps the sign); round the pad

@@ -145,12 +145,18 @@ def record_certificate(ctx: Context, evidence: Evidence, ids, valid: int, suppor
     upper = np.asarray(upper, np.float64)[:valid]
     support = np.asarray(support)[:valid]
     weights = np.asarray(weights, np.float64)[:valid]
-    for r, i in enumerate(ids):
-        if upper[r] < evidence.upper[i]:
-            evidence.upper[i] = upper[r]
+    better = upper < evidence.upper[ids]
+    evidence.upper[ids[better]] = upper[better]
+    rows, keys = np.flatnonzero(better), ids[better].tolist()
+    if np.all(weights[rows] > 0):  # the common case (the screen's single rivals): no row to trim
+        evidence.cert_support.update(zip(keys, support[rows]))
+        evidence.cert_weights.update(zip(keys, weights[rows]))
+    else:
+        for i, r in zip(keys, rows):
             nz = weights[r] > 0
             evidence.cert_support[i] = support[r][nz]
             evidence.cert_weights[i] = weights[r][nz]
-        if upper[r] <= 0 and evidence.verdict[i] == UNDECIDED and not ctx.exact_certificates_only:
-            evidence.verdict[i] = UNARGMAXABLE
-            evidence.stage[i] = stage
+    if not ctx.exact_certificates_only:
+        decided = (upper <= 0) & (evidence.verdict[ids] == UNDECIDED)
+        evidence.verdict[ids[decided]] = UNARGMAXABLE
+        evidence.stage[ids[decided]] = stage

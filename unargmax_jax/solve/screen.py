@@ -202,19 +202,25 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
 
 def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
                  all_candidates: bool, algorithm: str) -> None:
+    """One pass over ``todo``'s chunks from chunk ``first``. Each chunk's kernel is
+    dispatched before the previous chunk's results are recorded, so the host's
+    bookkeeping overlaps the device's product instead of following it."""
     size = second_pass_batch(ctx) if all_candidates else ctx.batch
     rung = algorithm != ctx.settings.dot_algorithm  # the bfloat16 rung: full precision follows
     done = 0
-    for n, (ids, valid) in enumerate(chunks(todo, size)):
-        if n < first:
-            continue
-        if ctx.expired():
-            break
-        x, wb, one, U_one = screen_chunk(ctx.head, ctx.place.split(ids), ctx.device_domain, ctx.key,
-                                         all_candidates=all_candidates, half=ctx.half, algorithm=algorithm)
+
+    def dispatch(ids):
+        found = screen_chunk(ctx.head, ctx.place.split(ids), ctx.device_domain, ctx.key,
+                             all_candidates=all_candidates, half=ctx.half, algorithm=algorithm)
         if ctx.settings.braid_steps and all_candidates:
-            x, wb = braid_chunk(ctx.head, ctx.place.split(ids), x, ctx.device_domain, num_top=0,
+            x, wb = braid_chunk(ctx.head, ctx.place.split(ids), found[0], ctx.device_domain, num_top=0,
                                 steps=ctx.settings.braid_steps, algorithm=algorithm)
+            found = (x, wb) + found[2:]
+        return found
+
+    def record(n, ids, valid, found):
+        nonlocal done
+        x, wb, one, U_one = found
         record_witness(ctx, evidence, ids, valid, x, wb, "screen")
         record_certificate(ctx, evidence, ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
         if not rung and np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
@@ -225,6 +231,19 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
         done += valid
         ctx.progress.update(name, done, todo.size)
         phases.save_position(name, n + 1, todo)
+
+    in_flight = None
+    for n, (ids, valid) in enumerate(chunks(todo, size)):
+        if n < first:
+            continue
+        if ctx.expired():
+            break
+        found = dispatch(ids)
+        if in_flight is not None:
+            record(*in_flight)
+        in_flight = (n, ids, valid, found)
+    if in_flight is not None:
+        record(*in_flight)
 
 
 def _competitor_sets(ctx: Context, evidence: Evidence, todo) -> None:
