@@ -134,7 +134,7 @@ def test_survey_checkpoint_seconds_saves_and_a_cut_survey_resumes(tmp_path, monk
     command = ["survey", str(listing), "--quiet", "--domain", "free", "--chunk-size", "4"]
     cut_after = None
     assert main(command + ["--out", str(tmp_path / "rare"), "--checkpoint-seconds", "1e6"]) == 0
-    assert saves and all(p == 0 for p in saves)  # only at the start of each phase
+    assert not saves  # a snapshot is due only every 1e6 s: a short run writes none
     saves.clear()
     assert main(command + ["--out", str(tmp_path / "often"), "--checkpoint-seconds", "0"]) == 0
     assert any(p > 0 for p in saves)  # inside phases too, after every chunk
