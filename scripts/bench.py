@@ -105,8 +105,9 @@ def load(path: Path):
 
 
 def cli_seconds(path: Path, workdir: Path) -> tuple[float, float, int]:
-    """``unargmax check FILE`` in a subprocess with a fresh compilation cache: (seconds,
-    peak RSS in MB, exit code). Peak RSS is the largest of this process's children."""
+    """``unargmax check FILE`` in a subprocess with the compilation cache in ``workdir``
+    (fresh on the first call, warm on later ones): (seconds, peak RSS in MB, exit code).
+    Peak RSS is the largest of this process's children."""
     command = [sys.executable, "-m", "unargmax_jax", "check", str(path), "--out", str(workdir / "cli-out"),
                "--quiet", "--compile-cache", str(workdir / "xla-cache")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
