@@ -180,3 +180,20 @@ def test_braid_reflect_does_not_lose_the_best_point():
     after = bounds.witness_bounds(W, b, norms, ids, x, num_top=1).margin
     assert np.all(np.asarray(after) >= np.asarray(before) - 1e-5)
     assert np.all(np.abs(np.asarray(x)) <= 3.0 + 1e-6)
+
+
+def test_hashed_uniform_is_keyed_by_token_and_uniform():
+    """The screen's random points: the same per token whatever the chunk (under jit and
+    vmap), different for another seed, in [-1, 1), and uniform (Kolmogorov-Smirnov)."""
+    from scipy.stats import kstest
+
+    key, d = jax.random.PRNGKey(3), 16
+    every = np.asarray(jax.jit(screen.hashed_uniform, static_argnums=2)(key, jnp.arange(4096, dtype=jnp.int32), d))
+    some = jnp.array([5, 4095, 17], jnp.int32)
+    one_at_a_time = jax.vmap(lambda i: screen.hashed_uniform(key, i[None], d)[0])(some)
+    assert np.array_equal(np.asarray(one_at_a_time), every[np.asarray(some)])
+    other = np.asarray(screen.hashed_uniform(jax.random.PRNGKey(4), jnp.arange(4096, dtype=jnp.int32), d))
+    assert np.mean(other == every) < 1e-3
+    assert every.min() >= -1.0 and every.max() < 1.0
+    assert kstest(every.ravel(), "uniform", args=(-1.0, 2.0)).pvalue > 1e-3
+    assert abs(np.corrcoef(every[:, 0], every[:, 1])[0, 1]) < 0.05

@@ -132,6 +132,20 @@ def braid_reflect(
     return best_x
 
 
+def hashed_uniform(key: Int[Array, " 2"], ids: Int[Array, " n"], d: int) -> Float[Array, "n d"]:
+    """A random point per token in [-1, 1)^d, keyed by (key, token id, coordinate), so
+    chunking does not change it: a 32-bit integer hash (lowbias32) per entry. Elementwise
+    integer ops compile in a fraction of a vmapped threefry's time (0.1 s against 0.6 s
+    on 2 cores), and the screen's first run waits for that compile."""
+    words = jnp.asarray(key).astype(jnp.uint32).reshape(-1)
+    x = (ids.astype(jnp.uint32)[:, None] * jnp.uint32(d) + jnp.arange(d, dtype=jnp.uint32)[None]) ^ words[0]
+    x = x * jnp.uint32(0x9E3779B1) + words[-1]
+    for shift, multiplier in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+        x = (x ^ (x >> shift)) * jnp.uint32(multiplier)
+    x = x ^ (x >> 16)
+    return (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-23) - 1.0  # 24 random bits, exact in float32
+
+
 # ----------------------------------------------------------------------------- the stage
 def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=False, algorithm=None):
     """Best starting point per token: only "along its whitened row" in the first pass (it
@@ -142,9 +156,7 @@ def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=Fa
     rows = head.W[ids]
     points = starting_points(rows, domain, whitened_directions(rows, head.mean, head.precision))
     if all_candidates:
-        # A random point per token, keyed by token id so chunking does not change it.
-        d = head.W.shape[1]
-        draw = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), (d,), head.W.dtype, -1.0, 1.0))(ids)
+        draw = hashed_uniform(key, ids, head.W.shape[1]).astype(head.W.dtype)
         extra = dom.project(domain, dom.extent(domain) * draw)
         points = jnp.concatenate([points, extra[:, None, :]], axis=1)
     else:
