@@ -447,10 +447,12 @@ def _decide_row(ctx: Context, evidence: Evidence, i: int, b64, lo, hi, neighbour
     return basis
 
 
-def _row_basis(ctx: Context, evidence: Evidence, i: int, b64, lo, hi, neighbour: Basis | None = None) -> Basis | None:
+def _row_basis(ctx: Context, evidence: Evidence, i: int, b64, lo, hi, neighbour: Basis | None = None, *,
+               seconds: float | None = None) -> Basis | None:
     """Row i's optimal basis from HiGHS, started from a near row's optimal basis (its rows,
     and the basis its vertex and weights suggest) when one is given, else from row i's own
-    best point and certificate (or, without a bias, from its aligned rows alone)."""
+    best point and certificate (or, without a bias, from its aligned rows alone), within
+    ``seconds`` (default ``basis_token_seconds``)."""
     settings, W = ctx.settings, ctx.W
     if neighbour is not None:
         keep = neighbour.rows != i
@@ -460,7 +462,7 @@ def _row_basis(ctx: Context, evidence: Evidence, i: int, b64, lo, hi, neighbour:
     else:
         start = _start_rows(ctx, evidence, i)
         x0, weights0 = start_points(ctx, evidence, np.array([i]))[0], _start_weights(evidence, i, start)
-    deadline = min(ctx.deadline, time.monotonic() + settings.basis_token_seconds)
+    deadline = min(ctx.deadline, time.monotonic() + (seconds or settings.basis_token_seconds))
     return optimal_basis(W, b64, i, lo, hi, start, rounds=settings.basis_rounds, grow=max(32, W.shape[1] // 2),
                          deadline=deadline, x0=x0, weights0=weights0)
 
@@ -471,23 +473,32 @@ def host_workers() -> int:
     return max(1, len(cores))
 
 
+RETRY_FACTOR = 4  # a row whose LP ran out of time gets one more try, this many times longer
+
+
 def _solve_rows_in_parallel(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> None:
     """Rows whose LPs share nothing (a head without bias: :func:`_hull_question`): one HiGHS
-    LP per core at a time, each proof read off in this thread as its basis arrives."""
-    queue, running, done, workers = deque(int(i) for i in todo), {}, 0, host_workers()
+    LP per core at a time, each proof read off in this thread as its basis arrives. A row
+    whose LP runs out of ``basis_token_seconds`` (a wall-clock limit: a loaded machine
+    reaches it sooner) is tried once more at the end with ``RETRY_FACTOR`` times as long."""
+    limit = ctx.settings.basis_token_seconds
+    queue, running, done, workers = deque((int(i), limit) for i in todo), {}, 0, host_workers()
     with ThreadPoolExecutor(workers) as pool:
         while queue or running:
             while queue and len(running) < workers and not ctx.expired():
-                i = queue.popleft()
+                i, seconds = queue.popleft()
                 if evidence.verdict[i] == UNDECIDED:
-                    running[pool.submit(_row_basis, ctx, evidence, i, b64, lo, hi)] = i
+                    running[pool.submit(_row_basis, ctx, evidence, i, b64, lo, hi, seconds=seconds)] = (i, seconds)
                 else:
                     done += 1
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                i, found = running.pop(future), future.result()
+                (i, seconds), found = running.pop(future), future.result()
+                if found is None and seconds == limit and not ctx.expired():
+                    queue.append((i, RETRY_FACTOR * limit))
+                    continue
                 if found is not None and evidence.verdict[i] == UNDECIDED:
                     _prove(ctx, evidence, i, found, b64, lo, hi)
                 if evidence.verdict[i] == UNARGMAXABLE:
