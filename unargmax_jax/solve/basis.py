@@ -271,8 +271,9 @@ def refined_vertex(W, b64: np.ndarray, token: int, basis: Basis, lo: np.ndarray,
 
 # ----------------------------------------------------------------------------- the stage
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
-    """An optimal basis per row still open after PDHG (one row at a time on the host), and
-    the witness or certificate it gives; on a ball (and the norm domains) :mod:`.ball`."""
+    """An optimal basis per row still open after PDHG (on the host: one row at a time, or one
+    per core on a head without a bias), and the witness or certificate it gives; on a ball
+    (and the norm domains) :mod:`.ball`."""
     todo = phases.todo("basis", pending(evidence))
     if not todo.size or not isinstance(ctx.domain, (dom.Box, dom.Ball)) or ctx.settings.basis_rounds <= 0:
         return
