@@ -44,9 +44,9 @@ from .. import domains as dom
 from ..resume import Phases
 from ..verdicts import UNARGMAXABLE, UNDECIDED
 from . import ball, simplex
-from .exact_basis import exact_certificate
 from .context import Context
 from .evidence import Evidence, pending, start_points
+from .exact_basis import exact_certificate
 from .neighbours import NEAR, Vertices, near_duplicate_groups, nearest, share_certificate
 from .rational import (candidate_rows, float_at_least, float_certificate_bound, keep_float64_witness,
                        keep_float_certificate, margins64, rows64, witness_lower)
@@ -338,9 +338,7 @@ def _batched_simplex(ctx: Context, evidence: Evidence, starts: dict, b64, lo, hi
 def _start_rows(ctx: Context, evidence: Evidence, i: int) -> list[int]:
     if _hull_question(ctx):
         return aligned_rows(ctx.W, i, 2 * ctx.W.shape[1])
-    rows = candidate_rows(evidence, i, ctx.W.shape[1])
-    return rows or [int(j) for j in np.argsort(np.asarray(ctx.W, np.float32) @ np.asarray(ctx.W[i], np.float32))[::-1][:2]
-                    if j != i][:1]
+    return candidate_rows(evidence, i, ctx.W.shape[1]) or aligned_rows(ctx.W, i, 1)
 
 
 def _hull_question(ctx: Context) -> bool:
