@@ -182,6 +182,63 @@ def test_planted_margins_on_rmsnorm_outputs():
     assert ua.verify(report, W, b).ok  # the report carries its domain
 
 
+NORM_DOMAINS = {"ball": ua.Ball(0.0, 3.0), "rmsnorm": ua.NormOutput("rmsnorm", 1.0, None), "free": ua.Free()}
+
+
+@pytest.mark.parametrize("d", [128, 1024])
+@pytest.mark.parametrize("where", ["ball", "rmsnorm", "free"])
+def test_exact_convex_combination_on_balls_and_norm_outputs_at_any_dimension(d, where):
+    """Margin exactly 0 on a ball (w = (w_0 + w_1) / 2, no bias): the optimum is inside the
+    ball (x = 0, where A^T lam vanishes), so Newton's method on the ball cannot reach it,
+    and d > 64 is beyond the exact rational stage. Regression: it stayed undecided (also
+    on RMSNorm outputs and on R^d, solved as the unit ball)."""
+    W, _, token, _ = _planted_head(d, 40, 0.0, bias=False)
+    report = ua.check(W, domain=NORM_DOMAINS[where])
+    assert report.verdict[token] == UNARGMAXABLE and report.stage[token] == "basis"
+    assert report.upper[token] == 0.0
+    assert report.counts()["undecided"] == 0
+    assert ua.verify(report, W).ok
+
+
+def _interior_optimum_head(d: int, C: int = 300, seed: int = 0):
+    """Dyadic rows and biases; rows 0 and 1 have the largest biases, and three rows on their
+    midpoint w = (w_0 + w_1) / 2 with biases (b_0 + b_1) / 2 + e, for e = 0, -eps, +eps.
+    The last one (+eps) beats the other two by eps and rows 0 and 1 by eps on their
+    boundary: its optimum is a face reaching into the ball (not on the sphere). Returns
+    (W, b, the two rows it beats everywhere, it, a point of the boundary)."""
+    rng = np.random.default_rng(seed)
+    W = np.round(rng.standard_normal((C, d)) * 1024) / 1024
+    b = np.round(rng.standard_normal(C) * 1024) / 1024
+    b[:2] = b.max() + np.array([0.5, 0.0])
+    eps = 2.0 ** -18  # b ~ 4: float32 keeps b + eps exactly; float32 cannot sign the margin
+    w, middle = (W[0] + W[1]) / 2, (b[0] + b[1]) / 2
+    W, b = np.vstack([W, w, w, w]), np.r_[b, middle, middle - eps, middle + eps]
+    assert np.all(W.astype(np.float32) == W) and np.all(b.astype(np.float32) == b)
+    u = W[0] - W[1]
+    point = -(b[0] - b[1]) / (u @ u) * u  # nearest point of the rows' boundary to 0
+    return W.astype(np.float32), b.astype(np.float32), [C, C + 1], C + 2, point
+
+
+@pytest.mark.parametrize("where", ["ball", "rmsnorm"])
+def test_tiny_margins_at_an_optimum_inside_the_ball(where):
+    """Rows beaten everywhere by a row with the same w and a larger bias are unargmaxable;
+    the winner is argmaxable with margin at most eps (2^-18) on the ball, decided from a box
+    LP's vertex inside the ball. The truth is checked here, exactly, at the boundary point."""
+    d = 128
+    W, b, beaten, winner, point = _interior_optimum_head(d)
+    radius = 3.0 if where == "ball" else np.sqrt(d)
+    x = [Fraction(float(v)) for v in point]
+    assert sum(v * v for v in x) < Fraction(radius) ** 2
+    z = [sum(Fraction(float(W[j, k])) * x[k] for k in range(d)) + Fraction(float(b[j])) for j in range(W.shape[0])]
+    assert all(z[winner] > z[j] for j in range(W.shape[0]) if j != winner)  # the truth: argmaxable
+    report = ua.check(W, b, NORM_DOMAINS[where])
+    assert report.counts()["undecided"] == 0
+    assert np.all(report.verdict[beaten] == UNARGMAXABLE)
+    assert report.verdict[winner] == ARGMAXABLE
+    assert 0 < report.lower[winner] <= 2.0 ** -18 <= report.upper[winner]
+    assert ua.verify(report, W, b).ok
+
+
 def test_kkt_weights_reach_the_optimum_of_a_small_dual():
     # Against a brute force over the simplex's edges and vertices (k = 3 rows in the plane).
     from unargmax_jax.solve import ball

@@ -17,6 +17,9 @@ domains are solved as this ball (``domains.norm_head``).
   certificate. Float32 iterates leave :math:`\\|g\\|` errors of ~d 2^-24 |W|; these ~1e-16.
 * Otherwise x, pulled inside X by a relative 1e-12 (membership checked exactly), is a
   witness when its margin is positive (``rational.witness_lower``).
+* An optimum inside X (:math:`A^T\\lambda = 0`: Newton has no direction) is left to the
+  box LPs around and inside the ball (:func:`bounding_box`, :func:`inscribed_box`, run
+  by :mod:`.basis`).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def kkt_weights(A: np.ndarray, p: np.ndarray, R: float, lam0: np.ndarray, *, ite
         return None
     lam = descend(A, p, R, lam / lam.sum(), iterations=300)
     # Near an interior optimum (A^T lam -> 0, e.g. a margin of exactly 0 without a bias)
-    # the conditions below are singular: the exact stage's case, not Newton's.
+    # the conditions below are singular: the box LPs' case (basis._decide_on_bounding_box).
     vanishing = 1e-9 * float(np.abs(A).max())
     best, stalled = np.inf, 0
     for _ in range(iterations):
@@ -133,7 +136,7 @@ def ball_certificate_bound(W, b64, center, R: float, token: int, support, weight
     return upper * (1 + 4 * U64) if upper > 0 else upper * (1 - 4 * U64)
 
 
-def _inside(x: np.ndarray, center: np.ndarray, R: float) -> bool:
+def inside(x: np.ndarray, center: np.ndarray, R: float) -> bool:
     """Exactly: :math:`\\|x - x_0\\|^2 \\le R^2`."""
     return sum((Fraction(float(a)) - Fraction(float(c))) ** 2 for a, c in zip(x, center)) <= Fraction(R) ** 2
 
@@ -165,20 +168,35 @@ def optimum(W, b64, token: int, center, R: float, rows: list, lam0: np.ndarray, 
     return np.asarray(rows, np.int64), lam, x
 
 
+def center_radius(ctx: Context) -> tuple[np.ndarray, float]:
+    """The ball's centre as a float64 (d,) array, and its radius."""
+    return np.broadcast_to(np.asarray(ctx.domain.center, np.float64), (ctx.W.shape[1],)).copy(), float(ctx.domain.radius)
+
+
+def bounding_box(center: np.ndarray, R: float) -> tuple[np.ndarray, np.ndarray]:
+    """A box containing the ball: ``[center - R, center + R]`` rounded outwards."""
+    return np.nextafter(center - R, -np.inf), np.nextafter(center + R, np.inf)
+
+
+def inscribed_box(center: np.ndarray, R: float) -> tuple[np.ndarray, np.ndarray]:
+    """A box inside the ball: the cube of half-width R / sqrt(d), shrunk by 1e-9 against
+    rounding (witnesses found in it are still checked exactly, :func:`inside`)."""
+    half = R / np.sqrt(center.size) * (1 - 1e-9)
+    return center - half, center + half
+
+
 def decide_row(ctx: Context, evidence: Evidence, i: int, b64: np.ndarray) -> None:
     """Row i on the ball: a float64 certificate from the optimal weights, else a witness at
     the optimum pulled just inside the ball."""
     W, settings = ctx.W, ctx.settings
-    d = W.shape[1]
-    center = np.broadcast_to(np.asarray(ctx.domain.center, np.float64), (d,)).copy()
-    R = float(ctx.domain.radius)
-    rows = candidate_rows(evidence, i, d) or [int(np.argmax(np.where(np.arange(W.shape[0]) == i, -np.inf,
+    center, R = center_radius(ctx)
+    rows = candidate_rows(evidence, i, W.shape[1]) or [int(np.argmax(np.where(np.arange(W.shape[0]) == i, -np.inf,
                                                                       np.asarray(W @ W[i], np.float64))))]
     weights = dict(zip(np.asarray(evidence.cert_support.get(i, []), np.int64).tolist(),
                        np.asarray(evidence.cert_weights.get(i, []), np.float64).tolist()))
     lam0 = np.array([max(weights.get(j, 0.0), 1e-3 / len(rows)) for j in rows])
     deadline = min(ctx.deadline, time.monotonic() + settings.basis_token_seconds)
-    found = optimum(W, b64, i, center, R, rows, lam0, rounds=settings.basis_rounds, grow=max(32, d // 2),
+    found = optimum(W, b64, i, center, R, rows, lam0, rounds=settings.basis_rounds, grow=max(32, W.shape[1] // 2),
                     deadline=deadline)
     if found is None:
         return
@@ -190,7 +208,7 @@ def decide_row(ctx: Context, evidence: Evidence, i: int, b64: np.ndarray) -> Non
         return
     for pull in (1e-12, 1e-9, 1e-6):
         point = center + (x - center) * (1 - pull)
-        if not _inside(point, center, R):
+        if not inside(point, center, R):
             continue
         lower = witness_lower(W, b64, i, point)
         if lower is not None and lower > 0:

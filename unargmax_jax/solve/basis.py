@@ -214,9 +214,33 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
             if ctx.expired():
                 break
             ball.decide_row(ctx, evidence, int(i), b64)
+            if evidence.verdict[i] == UNDECIDED and not ctx.expired():
+                _decide_on_bounding_box(ctx, evidence, int(i), b64)
             ctx.progress.update("basis", n + 1, todo.size)
         return
     _solve_box_rows(ctx, evidence, todo, b64, *_box_bounds(ctx))
+
+
+def _decide_on_bounding_box(ctx: Context, evidence: Evidence, i: int, b64) -> None:
+    """Row i on a ball B(c, R) through box LPs. On ``[c - R, c + R]`` (around the ball), for
+    the same lam :math:`U_{box} = \\lambda^T p + R\\|g\\|_1 \\ge U_{ball} = \\lambda^T p +
+    R\\|g\\|_2`: a box certificate (float64 or exact) is one on the ball, and the box vertex
+    is a witness where it lies in the ball. Else on the cube inside the ball, only for a
+    witness. They decide what Newton's method on the ball cannot: an optimum inside the
+    ball (g = 0 there, and the margin is the same on the ball, the box and R^d), such as
+    the margin exactly 0 of a convex combination of rows, or an optimal face that reaches
+    into the ball while the outer box's vertex lies outside it."""
+    center, R = ball.center_radius(ctx)
+    lo, hi = ball.bounding_box(center, R)
+    found = _row_basis(ctx, evidence, i, b64, lo, hi)
+    if found is None:
+        return
+    _prove(ctx, evidence, i, found, b64, lo, hi, inside=lambda x: ball.inside(x, center, R))
+    if evidence.verdict[i] == UNDECIDED and found.t > 0 and not ctx.expired():
+        lo, hi = ball.inscribed_box(center, R)
+        found = _row_basis(ctx, evidence, i, b64, lo, hi)
+        if found is not None and found.t > 0:
+            _vertex_witness(ctx, evidence, i, found, b64, lo, hi, inside=lambda x: ball.inside(x, center, R))
 
 
 def _box_bounds(ctx: Context):
@@ -437,16 +461,25 @@ def _solve_rows_in_parallel(ctx: Context, evidence: Evidence, todo: np.ndarray, 
                 ctx.progress.update("basis", done, todo.size)
 
 
-def _prove(ctx: Context, evidence: Evidence, i: int, basis: Basis, b64, lo, hi) -> None:
-    """From an optimal basis: a witness from its vertex when t > 0, else a float64
-    certificate from its weights, else an exact one from its square system."""
-    W = ctx.W
-    if basis.t > 0:
-        for x in (np.clip(basis.x, lo, hi), refined_vertex(W, b64, i, basis, lo, hi)):
-            lower = witness_lower(W, b64, i, x)
+def _vertex_witness(ctx: Context, evidence: Evidence, i: int, basis: Basis, b64, lo, hi, *, inside=None) -> bool:
+    """Keep the basis's vertex (HiGHS's, or re-solved in float64) as a witness where its
+    proved margin is > 0 (and ``inside(x)``); whether one was kept."""
+    for x in (np.clip(basis.x, lo, hi), refined_vertex(ctx.W, b64, i, basis, lo, hi)):
+        if inside is None or inside(x):
+            lower = witness_lower(ctx.W, b64, i, x)
             if lower is not None and lower > 0:
                 keep_float64_witness(evidence, i, "basis", x, lower)
-                return
+                return True
+    return False
+
+
+def _prove(ctx: Context, evidence: Evidence, i: int, basis: Basis, b64, lo, hi, *, inside=None) -> None:
+    """From an optimal basis: a witness from its vertex when t > 0 (and ``inside(x)``, for a
+    domain within the box), else a float64 certificate from its weights, else an exact one
+    from its square system."""
+    W = ctx.W
+    if basis.t > 0 and _vertex_witness(ctx, evidence, i, basis, b64, lo, hi, inside=inside):
+        return
     support = basis.rows[basis.lam > 0]
     weights = basis.lam[basis.lam > 0]
     if not ctx.exact_certificates_only and support.size:

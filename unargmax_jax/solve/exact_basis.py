@@ -37,13 +37,14 @@ def exact_certificate(W, b64, lo, hi, token: int, basis, *, free_only: bool) -> 
     exactly and evaluate U exactly; None if it is not square, singular, or its solution is
     not a certificate (lam < 0 or U > 0).
 
-    ``free_only``: on R^d only g = 0 is a certificate, so every coordinate must be free.
+    ``free_only``: on R^d only g = 0 is a certificate, so g must vanish exactly on the
+    fixed coordinates too (it does on the free ones by construction).
     """
     import flint
 
     J = basis.rows[basis.active]
     F = np.flatnonzero(basis.free)
-    if J.size != F.size + 1 or (free_only and F.size != W.shape[1]):
+    if J.size != F.size + 1:
         return None
     rows, own = rows64(W, J), rows64(W, [token])[0]
     M = np.vstack([rows[:, F].T, np.ones((1, J.size))])
@@ -56,8 +57,8 @@ def exact_certificate(W, b64, lo, hi, token: int, basis, *, free_only: bool) -> 
     if any(w < 0 for w in weights):
         return None
     fixed = np.setdiff1d(np.arange(W.shape[1]), F)
-    upper = _exact_upper(rows[:, fixed], own[fixed], b64[token], b64[J], lo[fixed], hi[fixed], lam)
-    if upper > 0:
+    upper, residual = _exact_upper(rows[:, fixed], own[fixed], b64[token], b64[J], lo[fixed], hi[fixed], lam)
+    if upper > 0 or (free_only and residual):
         return None
     keep = [r for r, w in enumerate(weights) if w != 0]
     return ExactCertificate(J[keep], [weights[r] for r in keep], upper)
@@ -69,12 +70,13 @@ def _fmpq(value: float):
     return flint.fmpq(*float(value).as_integer_ratio())
 
 
-def _exact_upper(rows, own, b_own, b_rows, lo, hi, lam) -> Fraction:
+def _exact_upper(rows, own, b_own, b_rows, lo, hi, lam) -> tuple[Fraction, bool]:
     """Exact :math:`b_i - \\lambda^T b_J + \\sum_k \\max(g_k lo_k, g_k hi_k)` over the fixed
-    coordinates k (``rows``, ``own`` restricted to them; on the free ones g = 0 exactly)."""
+    coordinates k (``rows``, ``own`` restricted to them; on the free ones g = 0 exactly),
+    and whether some g_k there is not 0."""
     import flint
 
-    upper = _fmpq(b_own)
+    upper, residual = _fmpq(b_own), False
     for r, value in enumerate(b_rows):
         upper -= lam[r, 0] * _fmpq(value)
     if own.size:
@@ -84,4 +86,5 @@ def _exact_upper(rows, own, b_own, b_rows, lo, hi, lam) -> Fraction:
         for k in range(own.size):
             g = (flint.fmpq(int(own_int[k])) - combined[k, 0]) * scale
             upper += g * _fmpq(hi[k] if g > 0 else lo[k])
-    return Fraction(int(upper.p), int(upper.q))
+            residual = residual or g != 0
+    return Fraction(int(upper.p), int(upper.q)), residual
