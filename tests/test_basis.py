@@ -75,7 +75,7 @@ def _planted_head(d: int, C: int, margin: float, *, bias: bool, seed: int = 0):
 
 
 @pytest.mark.parametrize("d,margin", [(d, m) for d in (16, 64) for m in (1e-3, -1e-3, 1e-6, -1e-6)]
-                         + [(256, 1e-6), (256, -1e-6)])
+                         + [(256, 1e-6), (256, -1e-6)])  # at d = 256, 1e-3 x the scale exceeds the planted gap of 64
 def test_planted_margins_are_decided_with_their_sign(d, margin):
     W, b, token, eps = _planted_head(d, 300, margin, bias=True)
     report = ua.check(W, b)
@@ -158,9 +158,9 @@ def _planted_ball_head(d: int, margins, *, R: float = 2.0, C: int = 300, beta: f
     return W.astype(np.float32), b.astype(np.float32), planted
 
 
-@pytest.mark.parametrize("d", [16, 64])
+@pytest.mark.parametrize("d", [16, 64, 256])
 def test_planted_ball_margins_are_decided_with_their_sign(d):
-    W, b, planted = _planted_ball_head(d, [1e-6, -1e-6, 1e-5, -1e-5])
+    W, b, planted = _planted_ball_head(d, [1e-3, -1e-3, 1e-6, -1e-6, 1e-5, -1e-5])
     report = ua.check(W, b, ua.Ball(0.0, 2.0))
     assert report.counts()["undecided"] == 0
     for token, margin in planted:
@@ -170,10 +170,10 @@ def test_planted_ball_margins_are_decided_with_their_sign(d):
     assert ua.verify(report, W, b).ok
 
 
-def test_planted_margins_on_rmsnorm_outputs():
+@pytest.mark.parametrize("d", [16, 64, 256])
+def test_planted_margins_on_rmsnorm_outputs(d):
     # RMSNorm with gamma = 1: the engine solves the ball of radius sqrt(d) in n exactly.
-    d = 16
-    W, b, planted = _planted_ball_head(d, [1e-6, -1e-6], R=4.0)
+    W, b, planted = _planted_ball_head(d, [1e-3, -1e-3, 1e-6, -1e-6], R=float(np.sqrt(d)))
     domain = ua.NormOutput("rmsnorm", 1.0, None)
     report = ua.check(W, b, domain)
     for token, margin in planted:
