@@ -43,7 +43,7 @@ import numpy as np
 from .. import domains as dom
 from ..resume import Phases
 from ..verdicts import UNARGMAXABLE, UNDECIDED
-from . import ball, simplex
+from . import ball, polish, simplex
 from .context import Context
 from .evidence import Evidence, pending, start_points
 from .exact_basis import exact_certificate
@@ -218,7 +218,10 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
                 _decide_on_bounding_box(ctx, evidence, int(i), b64)
             ctx.progress.update("basis", n + 1, todo.size)
         return
-    _solve_box_rows(ctx, evidence, todo, b64, *_box_bounds(ctx))
+    lo, hi = _box_bounds(ctx)
+    if not _hull_question(ctx):  # (there no float certificate can decide)
+        polish.run(ctx, evidence, todo, b64, lo, hi)
+    _solve_box_rows(ctx, evidence, todo[evidence.verdict[todo] == UNDECIDED], b64, lo, hi)
 
 
 def _decide_on_bounding_box(ctx: Context, evidence: Evidence, i: int, b64) -> None:
