@@ -30,8 +30,8 @@ def _mixture_head(C: int, d: int, planted: int, seed: int = 0):
 
 def test_mixtures_are_decided_without_an_lp(monkeypatch):
     """Regression: at d = 4096 PDHG's float32 weights leave a residual whose support term on
-    [-100, 100]^d exceeds a margin of -1, so each such row went to a HiGHS LP with d + 1
-    columns (minutes per row at d = 1024-4096 on 2 cores)."""
+    [-100, 100]^d exceeds a margin of -1, so each such row went through ascent and PDHG to a
+    HiGHS LP with d + 1 columns (minutes per row at d = 1024-4096 on 2 cores)."""
     W, b, planted = _mixture_head(400, 512, 8)
     lp_rows = []
     solve = basis.optimal_basis
@@ -39,6 +39,7 @@ def test_mixtures_are_decided_without_an_lp(monkeypatch):
     report = ua.check(W, b)
     assert report.counts()["undecided"] == 0
     assert np.all(report.verdict[planted] == UNARGMAXABLE)
+    assert np.all(report.stage[planted] == "screen")  # before ascent and PDHG: from the screen's rivals
     assert not set(lp_rows) & set(planted.tolist())
     assert ua.verify(report, W, b).ok
 

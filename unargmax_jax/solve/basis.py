@@ -218,10 +218,8 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
                 _decide_on_bounding_box(ctx, evidence, int(i), b64)
             ctx.progress.update("basis", n + 1, todo.size)
         return
-    lo, hi = _box_bounds(ctx)
-    if not _hull_question(ctx):  # (there no float certificate can decide)
-        polish.run(ctx, evidence, todo, b64, lo, hi)
-    _solve_box_rows(ctx, evidence, todo[evidence.verdict[todo] == UNDECIDED], b64, lo, hi)
+    polish.run(ctx, evidence, todo, "basis")
+    _solve_box_rows(ctx, evidence, todo[evidence.verdict[todo] == UNDECIDED], b64, *_box_bounds(ctx))
 
 
 def _decide_on_bounding_box(ctx: Context, evidence: Evidence, i: int, b64) -> None:

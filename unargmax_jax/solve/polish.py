@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import domains as dom
 from ..verdicts import UNDECIDED
 from .context import Context
 from .evidence import Evidence
@@ -42,11 +43,13 @@ MAX_ROWS = 128  # the KKT system is (k + 1)^2 with k rows: a few ms at k = 128, 
 
 def candidate_sets(evidence: Evidence, i: int) -> list[np.ndarray]:
     """Row sets to try (at most ``MAX_ROWS`` each): the best certificate's heaviest rows,
-    then with PDHG's competitors."""
+    then with PDHG's competitors, or else the screen's (strongest rivals first)."""
     support = np.asarray(evidence.cert_support.get(i, []), np.int64)
     weights = np.asarray(evidence.cert_weights.get(i, []), np.float64)
     support = support[np.argsort(-weights, kind="stable")][:MAX_ROWS]
-    competitors = [int(j) for j in evidence.pdhg_support.get(i, []) if j != i and j not in set(support.tolist())]
+    named = set(support.tolist()) | {i}
+    rivals = evidence.pdhg_support.get(i, evidence.top.get(i, []))
+    competitors = [int(j) for j in rivals if int(j) not in named]
     sets = [support] if support.size else []
     room = MAX_ROWS - support.size
     if competitors and room > 0:
@@ -54,19 +57,29 @@ def candidate_sets(evidence: Evidence, i: int) -> list[np.ndarray]:
     return sets
 
 
-def run(ctx: Context, evidence: Evidence, todo: np.ndarray, b64: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
-    """Try :func:`least_squares_weights` on each row of ``todo`` (a box [lo, hi]); a bound
-    <= 0 decides the row (stage ``basis``), a tighter one is kept."""
-    if ctx.exact_certificates_only:
+def applies(ctx: Context) -> bool:
+    """On a box, where a float certificate can decide: not on R^d (only exact ones count
+    there), nor without a bias on a box around 0 (every margin is >= 0 there)."""
+    return (isinstance(ctx.domain, dom.Box) and not ctx.exact_certificates_only
+            and not (ctx.b is None and dom.contains_origin(ctx.domain)))
+
+
+def run(ctx: Context, evidence: Evidence, todo: np.ndarray, stage: str) -> None:
+    """Try :func:`least_squares_weights` on each row of ``todo``; a bound <= 0 decides the
+    row (as ``stage``), a tighter one is kept."""
+    if not applies(ctx) or not todo.size:
         return
+    d = ctx.W.shape[1]
+    lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (d,)) for v in (ctx.domain.lo, ctx.domain.hi))
+    b64 = np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
     for i in todo:
         i = int(i)
         for rows in candidate_sets(evidence, i):
-            if evidence.verdict[i] != UNDECIDED:
+            if evidence.verdict[i] != UNDECIDED or ctx.expired():
                 break
             lam = least_squares_weights(rows64(ctx.W, rows), rows64(ctx.W, [i])[0])
             if lam is None:
                 continue
             keep = lam > 0
             bound = float_certificate_bound(ctx.W, b64, lo, hi, i, rows[keep], lam[keep])
-            keep_float_certificate(evidence, i, "basis", rows[keep], lam[keep], bound)
+            keep_float_certificate(evidence, i, stage, rows[keep], lam[keep], bound)

@@ -30,6 +30,7 @@ from .._memory import TRIM_INTERVAL, return_freed_memory
 from .._shapes import Array, Float, Int
 from ..resume import Phases
 from ..verdicts import UNDECIDED
+from . import polish
 from .context import Context, DeviceHead, chunks
 from .evidence import Evidence, pending, record_certificate, record_witness, start_points
 from .witness import witness_chunk
@@ -200,7 +201,8 @@ def second_pass_batch(ctx: Context) -> int:
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     """Screen every pending row: its whitened row first (after a bfloat16 rung, when the
     settings ask for one), then every candidate for the rest; then the competitor sets
-    (top-k at the best point) of the rows still undecided."""
+    (top-k at the best point) of the rows still undecided, and their least-squares
+    certificates (:mod:`.polish`)."""
     full = ctx.settings.dot_algorithm
     passes = (((False, "screen bf16", bounds.FAST_ALGORITHM),) if ctx.settings.bf16_screen else ()) + (
         (False, "screen", full), (True, "screen 2", full))
@@ -210,6 +212,8 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
             _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates, algorithm=algorithm)
     return_freed_memory()
     _competitor_sets(ctx, evidence, phases.todo("top", pending(evidence)))
+    # Rows a mixture of their rivals dominates, decided before any iterative stage.
+    polish.run(ctx, evidence, pending(evidence), "screen")
 
 
 def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
