@@ -215,9 +215,12 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
         if started is not None:
             _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates, algorithm=algorithm)
     return_freed_memory()
-    _competitor_sets(ctx, evidence, phases.todo("top", pending(evidence)))
-    # Rows a mixture of their rivals dominates, decided before any iterative stage.
-    polish.run(ctx, evidence, pending(evidence), "screen")
+    todo = phases.todo("top", pending(evidence))
+    _competitor_sets(ctx, evidence, todo)
+    # Rows a mixture of their rivals dominates, decided before any iterative stage. Inside
+    # the "top" phase: a run resumed later must not polish again (from the polished
+    # certificates' rows it can find other bounds: regression, resume not identical).
+    polish.run(ctx, evidence, todo, "screen")
 
 
 def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
