@@ -43,7 +43,8 @@ def whitening(W, *, block: int = 2048, ridge: float = 1e-3, rows_per_dim: int = 
     when C <= d or rows are collinear. P only chooses the screen's starting directions (no
     bound rests on it), so it is estimated from at most ``rows_per_dim`` x d evenly spaced
     rows, in float32 row blocks (mean and inverse in float64): on a 128256 x 4096 head the
-    float64 Gram matrix of every row alone cost about 7% of the all-pairs product.
+    float64 Gram matrix of every row would be about 7% of the all-pairs product's FLOPs
+    (an estimate from the counts, not a measurement).
     """
     C, d = W.shape
     rows = np.arange(C) if C <= rows_per_dim * d else np.linspace(0, C - 1, rows_per_dim * d).astype(np.int64)
