@@ -57,6 +57,34 @@ def test_simplex_projection_matches_scipy(seed, k):
     assert abs(p.sum() - 1) < 1e-5 and p.min() >= 0
 
 
+def _simplex_projection_by_sorting(v):
+    """The textbook projection (Held et al., 1974), in exact rationals: theta is the
+    largest prefix average of the sorted entries minus 1/n."""
+    q = sorted((Fraction(float(x)) for x in v), reverse=True)
+    prefix, theta = Fraction(0), None
+    for n, value in enumerate(q, 1):
+        prefix += value
+        candidate = (prefix - 1) / n
+        if value > candidate:
+            theta = candidate
+    return np.array([float(max(Fraction(float(x)) - theta, Fraction(0))) for x in v])
+
+
+@given(st.integers(0, 10_000), st.integers(1, 600), st.sampled_from([1e-3, 0.1, 1.0, 30.0]), st.booleans())
+@SETTINGS
+def test_simplex_projection_matches_exact_sort(seed, k, scale, ties):
+    """Against exact arithmetic at PDHG's sizes (k up to 2 (d + 1)), with repeated
+    entries (tied weights of duplicate rows) and the spreads PDHG's steps produce."""
+    rng = np.random.default_rng(seed)
+    v = (rng.normal(size=k) * scale).astype(np.float32)
+    if ties:
+        v = v[rng.integers(0, max(1, k // 3), size=k)]
+    p = np.asarray(jax.jit(pdhg.project_simplex)(jnp.asarray(v)), np.float64)
+    ref = _simplex_projection_by_sorting(v)
+    np.testing.assert_allclose(p, ref, atol=4 * np.finfo(np.float32).eps * max(1.0, float(np.max(np.abs(v)))))
+    assert p.min() >= 0 and abs(p.sum() - 1) < 1e-5
+
+
 def test_simplex_projection_jit_vmap():
     V = jnp.asarray(np.random.default_rng(0).normal(size=(7, 5)), jnp.float32)
     batched = jax.vmap(pdhg.project_simplex)(V)

@@ -71,13 +71,29 @@ def restrict(w_own, b_own, rows, biases) -> Restricted:
 def project_simplex(v: Float[Array, " k"]) -> Float[Array, " k"]:
     r"""Euclidean projection onto the probability simplex.
 
-    .. math:: P(v) = \max(v - \theta, 0), \quad \theta = \max_j \frac{\sum_{i: v_i \ge v_j} v_i - 1}{|\{i: v_i \ge v_j\}|}
+    .. math:: P(v) = \max(v - \theta, 0), \quad \sum_j \max(v_j - \theta, 0) = 1
 
-    (the largest prefix average of the sorted entries, Held et al., 1974), computed with
-    k^2 comparisons instead of a sort, which XLA runs slowly on CPU for small k.
+    with :math:`\theta \in [\max v - 1, \max v]` found by bisection (a fixed number of
+    halvings, to the dtype's resolution), then two of Michelot's (1986) steps
+    :math:`\theta \leftarrow (\sum_{v_j \ge \theta} v_j - 1) / |\{j: v_j \ge \theta\}|`,
+    which from below move monotonically to the exact :math:`\theta` once the support is
+    found. O(k) per halving: the k^2 pairwise form this replaced materialised a (k, k)
+    matrix per iteration and dominated PDHG's time at k = 514 (9.2 ms against 0.54 ms per
+    iteration for a batch of 64 on 2 CPU cores); XLA sorts slowly on CPU.
     """
-    above = (v[None, :] >= v[:, None]).astype(v.dtype)  # above[j, i] = [v_i >= v_j]
-    theta = jnp.max((jnp.matmul(above, v, precision=bounds.HIGHEST) - 1.0) / jnp.sum(above, axis=1))
+    top = jnp.max(v)
+
+    def halve(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        above = jnp.sum(jnp.maximum(v - mid, 0.0)) >= 1.0  # theta >= mid
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    halvings = jnp.finfo(v.dtype).nmant + 8
+    theta, _ = jax.lax.fori_loop(0, halvings, halve, (top - 1.0, top))
+    for _ in range(2):
+        support = v >= jnp.minimum(theta, top)  # never empty: it holds the largest entry
+        theta = (jnp.sum(jnp.where(support, v, 0.0)) - 1.0) / jnp.sum(support)
     return jnp.maximum(v - theta, 0.0)
 
 
