@@ -81,7 +81,7 @@ def highs_row_generation(W, b, i, lo, hi, *, grow=64):
         add(violated[np.argsort(gaps[violated])][:grow])
 
 
-def cli_seconds(W, b) -> float:
+def cli_seconds(W, b, radius: float) -> float:
     """``unargmax check head.npz`` in a subprocess, end to end."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "head.npz")
@@ -89,7 +89,7 @@ def cli_seconds(W, b) -> float:
         start = time.perf_counter()
         # Progress bars off (--quiet): the bench prints only its own lines.
         run = subprocess.run([sys.executable, "-m", "unargmax_jax.cli", "check", path, "--out", os.path.join(tmp, "out"),
-                              "--quiet"], capture_output=True, text=True)
+                              "--domain", f"box:{radius:g}", "--quiet"], capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if run.returncode != 0:
             raise SystemExit(f"unargmax check failed (exit {run.returncode}):\n{run.stderr}")
@@ -105,6 +105,11 @@ def main():
     parser.add_argument("--sample", type=int, default=200, help="hard tokens solved with HiGHS")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--adaptive-step", action="store_true", help="PDLP's adaptive PDHG step size")
+    parser.add_argument("--radius", type=float, default=100.0, help="the box [-R, R]^d (default 100)")
+    parser.add_argument("--skip-all-rows", action="store_true",
+                        help="no HiGHS LP over all rows (minutes per token on large heads)")
+    parser.add_argument("--skip-warm", action="store_true", help="one check, compilation included (large heads)")
+    parser.add_argument("--skip-cli", action="store_true", help="no end-to-end CLI run")
     args = parser.parse_args()
     classes = args.classes or (10000 if args.trained else 2000)
     dim = args.dim or (128 if args.trained else 5)
@@ -115,10 +120,12 @@ def main():
     else:
         W = rng.normal(size=(classes, dim)).astype(np.float32)
         b = rng.normal(size=classes).astype(np.float32) if args.bias else None
-    domain = dom.Box(-100.0, 100.0)
+    R = args.radius
+    domain = dom.Box(-R, R)
 
     options = {"pdhg_adaptive_step": args.adaptive_step}
-    check(W, b, domain, **options)  # compile
+    if not args.skip_warm:
+        check(W, b, domain, **options)  # compile
     report = check(W, b, domain, **options)
     hard = np.flatnonzero(report.stage != "screen")
     later = ("ascent", "pdhg", "basis", "rational")
@@ -129,11 +136,12 @@ def main():
     W64 = W.astype(np.float64)
     b64 = np.zeros(classes) if b is None else b.astype(np.float64)
     rates = {}
-    for name, solve in (("HiGHS, all rows", highs_margin), ("HiGHS, row generation", highs_row_generation)):
+    solvers = (("HiGHS, all rows", highs_margin), ("HiGHS, row generation", highs_row_generation))
+    for name, solve in solvers[1:] if args.skip_all_rows else solvers:
         start = time.perf_counter()
         agree = 0
         for i in sample:
-            m = solve(W64, b64, int(i), -100.0, 100.0)
+            m = solve(W64, b64, int(i), -R, R)
             agree += int((m > 1e-7 and report.verdict[i] == 1) or (m <= 1e-7 and report.verdict[i] == -1))
         per_token = (time.perf_counter() - start) / max(sample.size, 1)
         rates[name] = (1.0 / per_token if per_token > 0 else float("inf"), agree)
@@ -141,15 +149,15 @@ def main():
     ours_rate = hard.size / ours if ours > 0 else float("inf")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()}, python {platform.python_version()}")
     kind = "trained (Zipf classes)" if args.trained else "Gaussian"
-    print(f"head: {classes} x {dim} {kind}, bias={b is not None}; verdicts {counts}")
+    print(f"head: {classes} x {dim} {kind}, bias={b is not None}, box [-{R:g}, {R:g}]; verdicts {counts}")
     print(f"hard tokens (not decided by screening): {hard.size}")
     seconds = ", ".join(f"{s} {report.stage_seconds.get(s, 0.0):.2f}s" for s in later)
     print(f"ours:  {ours_rate:10.1f} hard tokens/s  ({seconds}); check in-process {report.seconds:.1f}s")
     for name, (rate, agree) in rates.items():
         print(f"{name}: {rate:10.1f} hard tokens/s  (sample of {sample.size}, verdicts agree on {agree}); "
               f"ours / this: {ours_rate / rate:.1f}x")
-    if args.trained:
-        print(f"unargmax check, end to end (subprocess): {cli_seconds(W, b):.1f}s")
+    if args.trained and not args.skip_cli:
+        print(f"unargmax check, end to end (subprocess): {cli_seconds(W, b, R):.1f}s")
 
 
 if __name__ == "__main__":
