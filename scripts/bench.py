@@ -233,7 +233,6 @@ print(json.dumps({"devices": jax.device_count(), "seconds": time.perf_counter() 
 
 def scaling() -> None:
     import os
-    import json
 
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     print("device scaling (synthetic 8192 x 128, forced host devices sharing this machine's cores):")

@@ -57,27 +57,27 @@ def test_trained_head_at_scale_agrees_with_highs(radius):
     assert ua.verify(report, W, b).ok
 
 
-def _planted_head(d: int, C: int, margin: float, *, bias: bool, seed: int = 0):
-    """Dyadic rows; rows 0 and 1 tie at the top at x = 0 (the others lower by >= 64); the
+def _planted_head(d: int, C: int, margin: float, *, bias: bool, seed: int = 0, gap: float = 64.0):
+    """Dyadic rows; rows 0 and 1 tie at the top at x = 0 (the others lower by >= gap); the
     planted last row w = (w_0 + w_1) / 2 (exact) with b = b_0 + margin * scale has margin
     exactly that: min over rows 0, 1 of z - z_j is at most it everywhere, and equal at x = 0.
     Returns (W, b, token, exact margin)."""
     rng = np.random.default_rng(seed)
     W = np.round(rng.standard_normal((C, d)) * 64) / 64
-    b = -64.0 - np.round(rng.random(C) * 64) / 64
+    b = -gap - np.round(rng.random(C) * 64) / 64
     b[:2] = 0.0
     scale = 100.0 * np.abs(W).sum(axis=1).max()
     eps = float(np.sign(margin) * 2.0 ** np.round(np.log2(abs(margin) * scale))) if margin else 0.0
     W = np.vstack([W, (W[0] + W[1]) / 2]).astype(np.float32)
     b = np.r_[b, eps]
-    assert np.all(W[-1] == (W[0].astype(np.float64) + W[1]) / 2) and abs(eps) < 32
+    assert np.all(W[-1] == (W[0].astype(np.float64) + W[1]) / 2) and abs(eps) < gap / 2
     return W, (b.astype(np.float32) if bias else None), C, eps
 
 
-@pytest.mark.parametrize("d,margin", [(d, m) for d in (16, 64) for m in (1e-3, -1e-3, 1e-6, -1e-6)]
-                         + [(256, 1e-6), (256, -1e-6)])  # at d = 256, 1e-3 x the scale exceeds the planted gap of 64
+@pytest.mark.parametrize("d,margin", [(d, m) for d in (16, 64, 256) for m in (1e-3, -1e-3, 1e-6, -1e-6)])
 def test_planted_margins_are_decided_with_their_sign(d, margin):
-    W, b, token, eps = _planted_head(d, 300, margin, bias=True)
+    # At d = 256, 1e-3 of the logit scale (about 20) needs the other rows further down.
+    W, b, token, eps = _planted_head(d, 300, margin, bias=True, gap=64.0 if d <= 64 else 1024.0)
     report = ua.check(W, b)
     assert report.verdict[token] == (ARGMAXABLE if eps > 0 else UNARGMAXABLE), report.stage[token]
     assert report.lower[token] <= eps <= report.upper[token]

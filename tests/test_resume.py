@@ -8,7 +8,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 import unargmax_jax as ua
 from unargmax_jax.resume import Checkpoint

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 
 import unargmax_jax as ua
-from unargmax_jax import domains as dom
 from unargmax_jax import exact
 from unargmax_jax.solve import basis, neighbours, simplex
 from unargmax_jax.trained import trained_head

@@ -44,7 +44,7 @@ from .. import domains as dom
 from ..resume import Phases
 from ..verdicts import UNARGMAXABLE, UNDECIDED
 from . import ball, polish, simplex
-from .context import Context
+from .context import Context, bias64, box_bounds64
 from .evidence import Evidence, pending, start_points
 from .exact_basis import exact_certificate
 from .neighbours import NEAR, Vertices, near_duplicate_groups, nearest, share_certificate
@@ -208,7 +208,7 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     todo = phases.todo("basis", pending(evidence))
     if not todo.size or not isinstance(ctx.domain, (dom.Box, dom.Ball)) or ctx.settings.basis_rounds <= 0:
         return
-    b64 = _bias64(ctx)
+    b64 = bias64(ctx)
     if isinstance(ctx.domain, dom.Ball):
         for n, i in enumerate(todo):
             if ctx.expired():
@@ -219,7 +219,7 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
             ctx.progress.update("basis", n + 1, todo.size)
         return
     polish.run(ctx, evidence, todo, "basis")
-    _solve_box_rows(ctx, evidence, todo[evidence.verdict[todo] == UNDECIDED], b64, *_box_bounds(ctx))
+    _solve_box_rows(ctx, evidence, todo[evidence.verdict[todo] == UNDECIDED], b64, *box_bounds64(ctx))
 
 
 def _decide_on_bounding_box(ctx: Context, evidence: Evidence, i: int, b64) -> None:
@@ -242,11 +242,6 @@ def _decide_on_bounding_box(ctx: Context, evidence: Evidence, i: int, b64) -> No
         found = _row_basis(ctx, evidence, i, b64, lo, hi)
         if found is not None and found.t > 0:
             _vertex_witness(ctx, evidence, i, found, b64, lo, hi, inside=lambda x: ball.inside(x, center, R))
-
-
-def _box_bounds(ctx: Context):
-    d = ctx.W.shape[1]
-    return tuple(np.broadcast_to(np.asarray(v, np.float64), (d,)).copy() for v in (ctx.domain.lo, ctx.domain.hi))
 
 
 def _solve_box_rows(ctx: Context, evidence: Evidence, todo: np.ndarray, b64, lo, hi) -> None:
@@ -292,12 +287,12 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
         # decide a row, so a shared one never does (regression: Whisper's tied head spent
         # its basis time on 32 representatives' LPs at d = 384, for nothing).
         return
-    b64 = _bias64(ctx)
+    b64 = bias64(ctx)
     groups = near_duplicate_groups(ctx.W, b64, pending(evidence))[:MAX_GROUPS]
     if not groups:
         return
     started = time.monotonic()
-    lo, hi = _box_bounds(ctx)
+    lo, hi = box_bounds64(ctx)
     representatives = [int(g[0]) for g in groups]
     # With them, the rows that training moved a little away from a group: the
     # representative's vertex starts their simplex (after its certificate has decided
@@ -312,10 +307,6 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     elapsed = time.monotonic() - started
     evidence.seconds["basis"] += elapsed
     evidence.seconds["pdhg"] -= elapsed
-
-
-def _bias64(ctx: Context) -> np.ndarray:
-    return np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
 
 
 def _batched_simplex(ctx: Context, evidence: Evidence, starts: dict, b64, lo, hi, vertices: Vertices) -> None:

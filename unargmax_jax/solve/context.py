@@ -200,3 +200,14 @@ def _hard_batch(W: np.ndarray, k: int, batch: int, dtype, place: Placement) -> i
     per_token = 4 * k * W.shape[1] * np.dtype(dtype).itemsize
     hard = int(min(batch, max(1, max(W.nbytes // 4, 16 << 20) // per_token)))
     return place.batch(1 << (hard.bit_length() - 1))  # a power of two: few distinct compiled shapes
+
+
+def bias64(ctx: Context) -> np.ndarray:
+    """The bias in float64 (zeros without one), for the host stages' float64 bounds."""
+    return np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
+
+
+def box_bounds64(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """The box domain's (lo, hi) as float64 arrays of length d."""
+    d = ctx.W.shape[1]
+    return tuple(np.broadcast_to(np.asarray(v, np.float64), (d,)).copy() for v in (ctx.domain.lo, ctx.domain.hi))

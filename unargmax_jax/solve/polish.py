@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import domains as dom
 from ..verdicts import UNDECIDED
-from .context import Context
+from .context import Context, bias64, box_bounds64
 from .evidence import Evidence
 from .rational import float_certificate_bound, keep_float_certificate, rows64
 
@@ -69,9 +69,8 @@ def run(ctx: Context, evidence: Evidence, todo: np.ndarray, stage: str) -> None:
     row (as ``stage``), a tighter one is kept."""
     if not applies(ctx) or not todo.size:
         return
-    d = ctx.W.shape[1]
-    lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (d,)) for v in (ctx.domain.lo, ctx.domain.hi))
-    b64 = np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)
+    lo, hi = box_bounds64(ctx)
+    b64 = bias64(ctx)
     for i in todo:
         i = int(i)
         for rows in candidate_sets(evidence, i):
