@@ -61,6 +61,10 @@ class Settings(NamedTuple):
             with its own larger pad) and redo at full precision only the tokens it leaves
             undecided; None: on for GPU and TPU, where bfloat16 runs 6-15x the float32
             rate, off on CPU, where XLA computes that preset as float32 (no gain).
+        symmetric_screen: run the first full-precision pass over the symmetric Gram matrix
+            :math:`W P W^T` (each block read for its rows' and its columns' tokens: about half
+            the all-pairs product) when one device screens most of a head on a ball or a
+            box of equal widths (:mod:`unargmax_jax.solve.symmetric`).
     """
 
     ties: str = "strict"
@@ -85,6 +89,7 @@ class Settings(NamedTuple):
     background_compile: bool = True
     dot_algorithm: str | None = None
     bf16_screen: bool | None = None
+    symmetric_screen: bool = True
 
 
 # Fields that change how long a run takes or how it is scheduled, never its results: a

@@ -30,7 +30,7 @@ from .._memory import TRIM_INTERVAL, return_freed_memory
 from .._shapes import Array, Float, Int
 from ..resume import Phases
 from ..verdicts import UNDECIDED
-from . import polish
+from . import polish, symmetric
 from .context import Context, DeviceHead, chunks
 from .evidence import Evidence, pending, record_certificate, record_witness, start_points
 from .witness import witness_chunk
@@ -231,6 +231,9 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
     bookkeeping overlaps the device's product instead of following it."""
     size = second_pass_batch(ctx) if all_candidates else ctx.batch
     rung = algorithm != ctx.settings.dot_algorithm  # the bfloat16 rung: full precision follows
+    if not (all_candidates or rung) and first == 0 and symmetric.applies(ctx, todo):
+        _symmetric_pass(ctx, evidence, name, todo)
+        return
     done = 0
 
     def dispatch(ids):
@@ -266,6 +269,38 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
         if in_flight is not None:
             record(*in_flight)
         in_flight = (n, ids, valid, found)
+    if in_flight is not None:
+        record(*in_flight)
+
+
+def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> None:
+    """The first pass by :mod:`.symmetric`, over every row block, recording the pending
+    rows of each. It saves no position inside the pass (the carried column maxima are
+    not in a snapshot): a run cut short replays the pass from its start."""
+    C = ctx.W.shape[0]
+    wanted = np.zeros(C, bool)
+    wanted[todo] = True
+    seen = np.zeros(C, bool)
+
+    def record(index, ids, found):
+        ids = np.asarray(ids)
+        keep = np.flatnonzero(wanted[ids] & ~seen[ids])  # the last block overlaps the one before
+        seen[ids] = True
+        if keep.size:
+            x, wb, one, U_one = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], found)
+            record_witness(ctx, evidence, ids[keep], keep.size, x, wb, "screen")
+            record_certificate(ctx, evidence, ids[keep], keep.size, one, np.ones((keep.size, 1)), U_one, "screen")
+            if np.any(evidence.verdict[ids[keep]] == UNDECIDED):
+                ctx.warmup.start()
+        return_freed_memory(min_interval=TRIM_INTERVAL)
+        share = symmetric.work_done(C, symmetric.Blocks(), index + 1)
+        ctx.progress.update(name, int(round(share * todo.size)), todo.size)
+
+    in_flight = None
+    for found in symmetric.blocks_in_order(ctx):
+        if in_flight is not None:
+            record(*in_flight)
+        in_flight = found
     if in_flight is not None:
         record(*in_flight)
 

@@ -1,0 +1,286 @@
+"""The screen's first pass over a whole head for about half the all-pairs product.
+
+Margins do not change when every row loses the same vector, so the pass works with the
+centred rows :math:`w'_j = w_j - \mu` (row mean; rounded, within a pad). The first pass
+puts token t at :math:`x_t = c + s_t v_t`, :math:`v_t = P w'_t` (its whitened row,
+scaled by :math:`s_t` to the boundary of a box of equal widths or a ball, centre c).
+Rival r's centred logit there is
+
+.. math:: z'_r(x_t) = \beta_r + s_t\,G_{rt},\quad \beta_r = b_r + w_r'^T c,\ G = W' P W'^T,
+
+and G is symmetric (P is): each block :math:`G_{IJ} = (W'_I P) W_J'^T` is computed once and
+read both ways, for the tokens of rows I (rivals J) and for those of columns J (rivals I).
+Row block I is paired with every column at or after its own start, and the column
+tokens' maxima are carried to later steps, so block I's tokens are final at step I: about
+:math:`C^2 d` multiply-adds in all instead of :math:`2 C^2 d`.
+
+Rigour. :math:`\hat z_{rt}` differs from :math:`z'_r(x_t)` at the stored point by the
+products' rounding (:func:`pad`, bounded with row norms and :math:`K_j = \||P||w'_j|\|
++ \|\hat Q_j\|`, whichever way the block was read), by :math:`w_r'^T e_t`, where
+:math:`e_t` is the stored point's distance from :math:`c + s_t \hat v_t` (its rounding,
+and for a float16 witness the float16 rounding too), at most
+:math:`\max_j\|w'_j\|\,\|e_t\|`, and by the centring's rounding. The own logit is
+evaluated at the stored point itself. A token is proved argmaxable when
+:math:`\hat z_{tt} - \max_r \hat z_{rt}` exceeds the sum; the others go on to the
+second pass like the plain pass's.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import bounds
+from .. import domains as dom
+from .context import Context, DeviceHead
+
+GROUP = 32  # rows per group whose maximum the pass tracks (the rival is found in its group)
+
+
+class Blocks(NamedTuple):
+    """Block sizes: ``rows`` tokens per step, ``columns`` rivals per inner product, and
+    ``group`` rows per tracked maximum (divides both)."""
+
+    rows: int = 256
+    columns: int = 1024
+    group: int = GROUP
+
+
+class Rows(NamedTuple):
+    """Per row: what its own block needs from every other block, from one pass before."""
+
+    beta: jax.Array  # (C,) b_r + w_r'^T c
+    scale: jax.Array  # (C,) s_r
+    K: jax.Array  # (C,) || |P||w'_r| || + ||Q_r||
+    norm: jax.Array  # (C,) ||w'_r||
+
+
+class Carry(NamedTuple):
+    """Each token's best rival so far from earlier row blocks (its logit estimate and the
+    first row of the group holding it)."""
+
+    value: jax.Array  # (C,)
+    start: jax.Array  # (C,) int32
+
+
+def uniform_half_width(domain: dom.Domain) -> float | None:
+    """The box's single half-width (None unless every coordinate has the same one)."""
+    if not isinstance(domain, dom.Box):
+        return None
+    width = np.ravel(np.asarray(domain.hi, np.float64) - np.asarray(domain.lo, np.float64))
+    return float(width[0] / 2) if np.all(width == width[0]) else None
+
+
+def applies(ctx: Context, todo: np.ndarray, blocks: Blocks = Blocks()) -> bool:
+    """Whether the symmetric pass pays and holds: one device, an IEEE product (the pad is
+    derived for it), most rows pending, a ball or a box of equal widths, a head of a few
+    column blocks at least."""
+    C = ctx.W.shape[0]
+    spec = bounds.algorithm_spec(ctx.settings.dot_algorithm, ctx.dtype)
+    shaped = isinstance(ctx.device_domain, dom.Ball) or uniform_half_width(ctx.device_domain) is not None
+    return bool(ctx.settings.symmetric_screen and ctx.place.count == 1 and spec.ieee and shaped
+                and C >= 4 * blocks.columns and 2 * todo.size >= C)
+
+
+def _centre(domain):
+    if isinstance(domain, dom.Box):
+        return (domain.lo + domain.hi) / 2
+    return domain.center
+
+
+def _points(Q, domain, scale=None):
+    """The scale s (to the boundary) and the point :math:`x = P_X(c + s\hat Q)`;
+    ``scale`` given: that s."""
+    if scale is None:
+        tiny = jnp.finfo(Q.dtype).tiny
+        if isinstance(domain, dom.Box):
+            half = (domain.hi - domain.lo) / 2 * jnp.ones(Q.shape[1], Q.dtype)
+            scale = half[0] / jnp.maximum(jnp.max(jnp.abs(Q), axis=1), tiny)
+        else:
+            scale = domain.radius / jnp.maximum(jnp.linalg.norm(Q, axis=1), tiny)
+    centre = _centre(domain) * jnp.ones(Q.shape[1], Q.dtype)
+    return scale, dom.project(domain, centre + scale[:, None] * Q)
+
+
+def _centred(head: DeviceHead, start, size: int):
+    """Rows ``start`` to ``start + size`` less the row mean (the same bits wherever taken)."""
+    return jax.lax.dynamic_slice_in_dim(head.W, start, size) - head.mean
+
+
+def _block(C: int, B: int, index):
+    """First row of row block ``index`` (the last one moved back to end at C)."""
+    return jnp.minimum(index * B, C - B)
+
+
+def _prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm):
+    W = head.W
+    C, d = W.shape
+    B = blocks.rows
+    spec = bounds.algorithm_spec(algorithm, W.dtype)
+    centre = _centre(domain) * jnp.ones(d, W.dtype)
+
+    def one(index):
+        rows = _centred(head, _block(C, B, index), B)
+        Q = bounds.dot(rows, head.precision, spec)
+        scale, _ = _points(Q, domain)
+        kappa = jnp.linalg.norm(bounds.dot(jnp.abs(rows), jnp.abs(head.precision), spec), axis=1)
+        beta = bounds.row_dot(rows, jnp.broadcast_to(centre, rows.shape), spec)
+        return scale, kappa + jnp.linalg.norm(Q, axis=1), jnp.linalg.norm(rows, axis=1), beta
+
+    count = -(-C // B)
+    scale, K, norm, beta = jax.lax.map(one, jnp.arange(count))
+    ids = jax.vmap(lambda i: _block(C, B, i) + jnp.arange(B))(jnp.arange(count)).reshape(-1)
+
+    def spread(a):
+        return jnp.zeros(C, W.dtype).at[ids].set(a.reshape(-1))
+
+    return Rows(spread(beta) + head.b, spread(scale), spread(K), spread(norm))
+
+
+prepare = jax.jit(_prepare, static_argnames=("blocks", "algorithm"))
+
+
+def pad(spec, d: int, dtype, *, n_max, k_max, beta_max, b_max, c_norm, p_rowsum, w_norm, K, q_norm, s, x_norm):
+    """Bound on :math:`|\hat z_{rt} - z'_r(c + s_t\hat v_t)|` for every rival r at once
+    (the module docstring's terms; the own logit's pad, the point's offset e and the
+    centring excluded), doubled to cover the rounding of the pad itself."""
+    g = bounds.product_pad(d, dtype, spec, extra=8)
+    D = g * (w_norm * k_max + n_max * K)
+    value = s * (n_max * q_norm * (1 + g) + D) + beta_max
+    total = s * D + g * value + g * (b_max + n_max * c_norm)
+    flush = 16 * bounds.flush_pad(spec, dtype) * d * (1 + s) * (1 + n_max) * (
+        1 + p_rowsum + c_norm + n_max + x_norm + k_max)
+    return 2 * total + flush + bounds.tiny_pad(4 * d, dtype)
+
+
+def _step(head: DeviceHead, pre: Rows, carry: Carry, domain, index, *, blocks: Blocks, algorithm, half: bool):
+    """Row block ``index``: bounds of its tokens at their points, and the carry for later blocks.
+
+    Returns ``(carry, ids, (x, WitnessBounds, one, upper))`` for the block's rows, the
+    tuple as :func:`unargmax_jax.solve.screen.screen_chunk` returns it."""
+    W, b = head.W, head.b
+    C, d = W.shape
+    B, Bc, g = blocks
+    dtype = W.dtype
+    spec = bounds.algorithm_spec(algorithm, dtype)
+    start = _block(C, B, index)
+    ids = start + jnp.arange(B)
+    Q = bounds.dot(_centred(head, start, B), head.precision, spec)
+    s = jax.lax.dynamic_slice_in_dim(pre.scale, start, B)
+    _, x = _points(Q, domain, s)
+    beta_rows = jax.lax.dynamic_slice_in_dim(pre.beta, start, B)
+
+    def body(k, state):
+        best, best_start, carry = state
+        first = jnp.minimum(start + k * Bc, C - Bc)
+        G = bounds.dot(Q, _centred(head, first, Bc).T, spec)  # (B, Bc): G[t, r]
+        same = ids[:, None] == (first + jnp.arange(Bc))[None, :]
+        # The block's tokens t against the columns r: beta_r + s_t G_tr.
+        z = jnp.where(same, -jnp.inf, jax.lax.dynamic_slice_in_dim(pre.beta, first, Bc)[None, :] + s[:, None] * G)
+        grouped = jnp.max(z.reshape(B, Bc // g, g), axis=2)
+        top = jnp.max(grouped, axis=1)
+        best_start = jnp.where(top > best, first + g * jnp.argmax(grouped, axis=1), best_start)
+        best = jnp.maximum(best, top)
+        # The columns' tokens r against the block's rows t: beta_t + s_r G_tr.
+        s_cols = jax.lax.dynamic_slice_in_dim(pre.scale, first, Bc)
+        z = jnp.where(same, -jnp.inf, beta_rows[:, None] + s_cols[None, :] * G)
+        grouped = jnp.max(z.reshape(B // g, g, Bc), axis=1)
+        top = jnp.max(grouped, axis=0)
+        old = jax.lax.dynamic_slice_in_dim(carry.value, first, Bc)
+        old_start = jax.lax.dynamic_slice_in_dim(carry.start, first, Bc)
+        new_start = jnp.where(top > old, start + g * jnp.argmax(grouped, axis=0), old_start)
+        carry = Carry(jax.lax.dynamic_update_slice_in_dim(carry.value, jnp.maximum(old, top), first, 0),
+                      jax.lax.dynamic_update_slice_in_dim(carry.start, new_start.astype(jnp.int32), first, 0))
+        return best, best_start, carry
+
+    before = Carry(jax.lax.dynamic_slice_in_dim(carry.value, start, B),
+                   jax.lax.dynamic_slice_in_dim(carry.start, start, B))
+    steps = (C - start + Bc - 1) // Bc
+    best, best_start, carry = jax.lax.fori_loop(
+        0, steps, body, (jnp.full(B, -jnp.inf, dtype), jnp.zeros(B, jnp.int32), carry))
+    rival_start = jnp.where(before.value > best, before.start, best_start)
+    strongest = jnp.maximum(before.value, best)
+    return carry, ids, _bounds(head, pre, domain, ids, Q, s, x, strongest, rival_start,
+                               group=g, spec=spec, half=half)
+
+
+step = jax.jit(_step, static_argnames=("blocks", "algorithm", "half"), donate_argnums=(2,))
+
+
+def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_start, *, group, spec, half):
+    """The block's lower bounds at x (or at x rounded to float16, where that still proves
+    the token), its rival (the largest logit at the point within the tracked group) and
+    that rival's single-row certificate."""
+    W, b = head.W, head.b
+    d = W.shape[1]
+    dtype = W.dtype
+    u = float(jnp.finfo(dtype).eps) / 2
+    n_max = jnp.max(pre.norm)
+    c_norm = jnp.linalg.norm(_centre(domain) * jnp.ones(d, dtype))
+    w_norm = pre.norm[ids]
+    common = pad(spec, d, dtype, n_max=n_max, k_max=jnp.max(pre.K), beta_max=jnp.max(jnp.abs(pre.beta)),
+                 b_max=jnp.max(jnp.abs(b)), c_norm=c_norm, p_rowsum=jnp.max(jnp.sum(jnp.abs(head.precision), axis=1)),
+                 w_norm=w_norm, K=pre.K[ids], q_norm=jnp.linalg.norm(Q, axis=1), s=s,
+                 x_norm=jnp.linalg.norm(x, axis=1))
+    offset = 16 * u * (c_norm + s * jnp.linalg.norm(Q, axis=1))  # ||x - (c + s v)||: rounding and projection
+    own_pad = bounds.product_pad(d, dtype, spec, extra=6)
+    own_rows = W[ids] - head.mean
+
+    def lower_at(point, offset):
+        x_norm = jnp.linalg.norm(point, axis=1)
+        own = bounds.row_dot(own_rows, point, spec) + b[ids]
+        margin = own - strongest
+        # The own logit's rounding, the rivals' offset e, the centring's rounding.
+        total = 2 * own_pad * (w_norm * x_norm + jnp.abs(b[ids])) + common + n_max * offset * (1 + 4 * u) \
+            + 2 * u * (w_norm + n_max) * x_norm
+        lower = margin - total
+        eps4 = 4 * float(jnp.finfo(dtype).eps)
+        return jnp.where(lower > 0, lower * (1 - eps4), lower * (1 + eps4)), margin
+
+    lower, margin = lower_at(x, offset)
+    if half:
+        rounded = x.astype(jnp.float16).astype(dtype)
+        lower16, margin16 = lower_at(rounded, offset + jnp.linalg.norm(rounded - x, axis=1))
+        take = lower16 > 0
+        x = jnp.where(take[:, None], rounded, x)
+        lower, margin = jnp.where(take, lower16, lower), jnp.where(take, margin16, margin)
+    group_rows = rival_start[:, None] + jnp.arange(group)[None, :]
+    z = jnp.einsum("nkd,nd->nk", W[group_rows], x, precision=bounds._preset(spec)) + b[group_rows]
+    z = jnp.where(group_rows == ids[:, None], -jnp.inf, z)
+    rival = jnp.take_along_axis(group_rows, jnp.argmax(z, axis=1)[:, None], axis=1)[:, 0]
+    one = rival[:, None]
+    upper = bounds.certificate_bounds(W, b, domain, ids, one, jnp.ones(one.shape, dtype), algorithm=spec.name)
+    wb = bounds.WitnessBounds(lower=lower, margin=margin, top=jnp.zeros((ids.shape[0], 0), jnp.int32), rival=rival)
+    return x, wb, one, upper
+
+
+def blocks_for(C: int, blocks: Blocks = Blocks()) -> int:
+    """How many row blocks cover C rows."""
+    return -(-C // blocks.rows)
+
+
+def work_done(C: int, blocks: Blocks, steps: int) -> float:
+    """Fraction of the pass's products done after ``steps`` row blocks (block I pairs
+    with the C - I B columns from its own start), for an honest progress line."""
+    B = blocks.rows
+    starts = np.minimum(np.arange(blocks_for(C, blocks)) * B, C - B)
+    work = C - starts
+    return float(work[:steps].sum() / work.sum())
+
+
+def blocks_in_order(ctx: Context, blocks: Blocks = Blocks()):
+    """Yield ``(ids, found)`` per row block, in order (numpy ids, the device results);
+    each block's kernel is dispatched before the previous block's results are handed on."""
+    C = ctx.W.shape[0]
+    algorithm = ctx.settings.dot_algorithm
+    pre = prepare(ctx.head, ctx.device_domain, blocks=blocks, algorithm=algorithm)
+    carry = Carry(jnp.full(C, -jnp.inf, ctx.dtype), jnp.zeros(C, jnp.int32))
+    for index in range(blocks_for(C, blocks)):
+        if ctx.expired():
+            return
+        carry, ids, found = step(ctx.head, pre, carry, ctx.device_domain, jnp.int32(index), blocks=blocks,
+                                 algorithm=algorithm, half=ctx.half)
+        yield index, ids, found
