@@ -19,7 +19,6 @@ depend on the ladder; only the reported lower bounds of the tokens it decides do
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,7 +31,13 @@ from ..resume import Phases
 from ..verdicts import UNDECIDED
 from . import polish, symmetric
 from .context import Context, DeviceHead, chunks
-from .evidence import Evidence, pending, record_certificate, record_witness, start_points
+from .evidence import (
+    Evidence,
+    pending,
+    record_certificate,
+    record_witness,
+    start_points,
+)
 from .witness import witness_chunk
 
 
@@ -293,8 +298,8 @@ def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> None:
             if np.any(evidence.verdict[ids[keep]] == UNDECIDED):
                 ctx.warmup.start()
         return_freed_memory(min_interval=TRIM_INTERVAL)
-        share = symmetric.work_done(C, symmetric.Blocks(), index + 1)
-        ctx.progress.update(name, int(round(share * todo.size)), todo.size)
+        share = symmetric.work_done(C, symmetric.BLOCKS, index + 1)
+        ctx.progress.update(name, round(share * todo.size), todo.size)
 
     in_flight = None
     for found in symmetric.blocks_in_order(ctx):

@@ -1,4 +1,4 @@
-"""The screen's first pass over a whole head for about half the all-pairs product.
+r"""The screen's first pass over a whole head for about half the all-pairs product.
 
 Margins do not change when every row loses the same vector, so the pass works with the
 centred rows :math:`w'_j = w_j - \mu` (row mean; rounded, within a pad). The first pass
@@ -49,6 +49,9 @@ class Blocks(NamedTuple):
     group: int = GROUP
 
 
+BLOCKS = Blocks()
+
+
 class Rows(NamedTuple):
     """Per row: what its own block needs from every other block, from one pass before."""
 
@@ -74,7 +77,7 @@ def uniform_half_width(domain: dom.Domain) -> float | None:
     return float(width[0] / 2) if np.all(width == width[0]) else None
 
 
-def applies(ctx: Context, todo: np.ndarray, blocks: Blocks = Blocks()) -> bool:
+def applies(ctx: Context, todo: np.ndarray, blocks: Blocks = BLOCKS) -> bool:
     """Whether the symmetric pass pays and holds: one device, an IEEE product (the pad is
     derived for it), most rows pending, a ball or a box of equal widths, a head of a few
     column blocks at least."""
@@ -92,7 +95,7 @@ def _centre(domain):
 
 
 def _points(Q, domain, scale=None):
-    """The scale s (to the boundary) and the point :math:`x = P_X(c + s\hat Q)`;
+    r"""The scale s (to the boundary) and the point :math:`x = P_X(c + s\hat Q)`;
     ``scale`` given: that s."""
     if scale is None:
         tiny = jnp.finfo(Q.dtype).tiny
@@ -144,7 +147,7 @@ prepare = jax.jit(_prepare, static_argnames=("blocks", "algorithm"))
 
 
 def pad(spec, d: int, dtype, *, n_max, k_max, beta_max, b_max, c_norm, p_rowsum, w_norm, K, q_norm, s, x_norm):
-    """Bound on :math:`|\hat z_{rt} - z'_r(c + s_t\hat v_t)|` for every rival r at once
+    r"""Bound on :math:`|\hat z_{rt} - z'_r(c + s_t\hat v_t)|` for every rival r at once
     (the module docstring's terms; the own logit's pad, the point's offset e and the
     centring excluded), doubled to cover the rounding of the pad itself."""
     g = bounds.product_pad(d, dtype, spec, extra=8)
@@ -161,10 +164,9 @@ def _step(head: DeviceHead, pre: Rows, carry: Carry, domain, index, *, blocks: B
 
     Returns ``(carry, ids, (x, WitnessBounds, one, upper))`` for the block's rows, the
     tuple as :func:`unargmax_jax.solve.screen.screen_chunk` returns it."""
-    W, b = head.W, head.b
-    C, d = W.shape
+    C = head.W.shape[0]
     B, Bc, g = blocks
-    dtype = W.dtype
+    dtype = head.W.dtype
     spec = bounds.algorithm_spec(algorithm, dtype)
     start = _block(C, B, index)
     ids = start + jnp.arange(B)
@@ -257,7 +259,7 @@ def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_
     return x, wb, one, upper
 
 
-def blocks_for(C: int, blocks: Blocks = Blocks()) -> int:
+def blocks_for(C: int, blocks: Blocks = BLOCKS) -> int:
     """How many row blocks cover C rows."""
     return -(-C // blocks.rows)
 
@@ -271,7 +273,7 @@ def work_done(C: int, blocks: Blocks, steps: int) -> float:
     return float(work[:steps].sum() / work.sum())
 
 
-def blocks_in_order(ctx: Context, blocks: Blocks = Blocks()):
+def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
     """Yield ``(ids, found)`` per row block, in order (numpy ids, the device results);
     each block's kernel is dispatched before the previous block's results are handed on."""
     C = ctx.W.shape[0]
