@@ -1,9 +1,11 @@
 """The symmetric first pass: its lower bounds against exact arithmetic, and the check with
 and without it."""
 
+import functools
 import math
 from fractions import Fraction
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -122,6 +124,20 @@ def _exact_fraction(W, b, i, x):
     return min(z[i] - z[j] for j in range(W.shape[0]) if j != i)
 
 
+def test_a_row_equal_to_the_mean_gets_the_centre_and_finite_bounds():
+    """Regression: a row equal to the row mean has Q = 0, so its scale was inf and its
+    logit estimates inf * 0 = NaN; it now sits at the centre, and every bound is finite."""
+    rng = np.random.default_rng(5)
+    half = rng.normal(size=(24, 4)).astype(np.float32)
+    W = np.concatenate([half, -half, np.zeros((1, 4), np.float32)])  # mean exactly 0, row 48 = mean
+    b = rng.normal(size=49).astype(np.float32)
+    out = _run_blocks(_device_head(W, b), _domain("box", 4), SMALL, half=True)
+    assert np.all(out[48][0] == 0)
+    for i, (x, lower, margin, rival, upper) in out.items():
+        assert np.isfinite(lower) and np.isfinite(margin), i
+        assert lower < _exact_margin(W, b, i, x.astype(np.float64)) or lower <= 0
+
+
 def test_jit_equals_eager_and_block_sizes_do_not_change_the_proofs():
     """The step gives the same bounds jitted and eager (up to rounding), and other block
     shapes decide the same tokens."""
@@ -140,13 +156,37 @@ def test_work_done_is_monotone_and_ends_at_one():
     assert shares[0] == 0 and shares[-1] == 1 and all(np.diff(shares) > 0)
 
 
+@functools.lru_cache(maxsize=1)
+def _trained_4096():
+    return trained_head(4096, 16, steps=150, batch=1024, seed=11)
+
+
+def test_a_pad_too_wide_hands_the_rest_to_the_plain_pass(monkeypatch):
+    """When the pad leaves open most tokens whose margin estimate is positive, the pass
+    stops after four row blocks and the plain pass screens the rest: the same verdicts."""
+    W, b = _trained_4096()
+    calls = []
+    original_step = symmetric.step
+    monkeypatch.setattr(symmetric, "step", lambda *a, **k: calls.append(1) or original_step(*a, **k))
+    monkeypatch.setattr(symmetric, "pad", lambda *a, **k: jnp.float32(1e30))
+    jax.clear_caches()  # the step traces pad: no compiled step from another test may serve
+    try:
+        widened = ua.check(W, b)
+    finally:
+        jax.clear_caches()
+    assert len(calls) == 5  # four recorded, the fifth dispatched before the stop
+    plain = ua.check(W, b, symmetric_screen=False)
+    np.testing.assert_array_equal(widened.verdict, plain.verdict)
+    assert widened.counts()["undecided"] == 0
+
+
 @pytest.mark.parametrize("domain", ["box:100", "ball:30"])
 def test_check_with_and_without_the_symmetric_pass(domain, monkeypatch):
     """On a Zipf-trained 4096 x 16 head the symmetric pass runs (every row block once) and
     the verdicts equal those of the plain first pass; HiGHS agrees on a sample."""
     from helpers import highs_margin
 
-    W, b = trained_head(4096, 16, steps=150, batch=1024, seed=11)
+    W, b = _trained_4096()
     calls = []
     original = symmetric.step
     monkeypatch.setattr(symmetric, "step", lambda *a, **k: calls.append(1) or original(*a, **k))

@@ -238,7 +238,9 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
     rung = algorithm != ctx.settings.dot_algorithm  # the bfloat16 rung: full precision follows
     if not (all_candidates or rung) and first == 0 and symmetric.applies(ctx, todo):
         _symmetric_pass(ctx, evidence, name, todo)
-        return
+        # What its wider pad (or an early stop) left goes through the plain pass, one
+        # point per token, before the second pass tries five.
+        todo = todo[evidence.verdict[todo] == UNDECIDED]
     done = 0
 
     def dispatch(ids):
@@ -280,15 +282,22 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
 
 def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> None:
     """The first pass by :mod:`.symmetric`, over every row block, recording the pending
-    rows of each. It saves no position inside the pass (the carried column maxima are
-    not in a snapshot): a run cut short replays the pass from its start."""
+    rows of each; it stops after four blocks if its pad has left open most of their
+    tokens whose margin estimate is positive (its pad is wider than the plain pass's, and
+    d u grows with d). It saves no position
+    inside the pass (the carried column maxima are not in a snapshot): a run cut short
+    replays the pass from its start."""
     C = ctx.W.shape[0]
     wanted = np.zeros(C, bool)
     wanted[todo] = True
     seen = np.zeros(C, bool)
+    lost = [0, 0]  # tokens with a positive margin estimate whose pad left them open; all with one
 
     def record(index, ids, found):
         ids = np.asarray(ids)
+        margin, lower = np.asarray(found[1].margin), np.asarray(found[1].lower)
+        lost[0] += int(np.sum((margin > 0) & (lower <= 0)))
+        lost[1] += int(np.sum(margin > 0))
         keep = np.flatnonzero(wanted[ids] & ~seen[ids])  # the last block overlaps the one before
         seen[ids] = True
         if keep.size:
@@ -305,9 +314,13 @@ def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> None:
     for found in symmetric.blocks_in_order(ctx):
         if in_flight is not None:
             record(*in_flight)
+            if in_flight[0] >= 3 and 2 * lost[0] > lost[1]:
+                in_flight = None  # its pad is too wide for this head: the plain pass does the rest
+                break
         in_flight = found
     if in_flight is not None:
         record(*in_flight)
+
 
 
 def _competitor_sets(ctx: Context, evidence: Evidence, todo) -> None:

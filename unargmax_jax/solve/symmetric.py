@@ -88,8 +88,9 @@ def applies(ctx: Context, todo: np.ndarray, blocks: Blocks = BLOCKS) -> bool:
     # The pass costs about C^2 d / 2 + 3 C d^2 multiply-adds (the blocks of G; W'P and |W'||P|
     # for every row first, W'P again per block) against C^2 d + C d^2 for the plain pass:
     # 0.65 of it at C = 16 d, less above; at C = 4 d (a 16032 x 4096 head) no gain was measured.
+    # It screens every row, so only when the pending ones cost more by the plain pass.
     return bool(ctx.settings.symmetric_screen and ctx.place.count == 1 and spec.ieee and shaped
-                and C >= max(4 * blocks.columns, 16 * ctx.W.shape[1]) and 2 * todo.size >= C)
+                and C >= max(4 * blocks.columns, 16 * ctx.W.shape[1]) and todo.size >= C / 2 + 3 * ctx.W.shape[1])
 
 
 def _centre(domain):
@@ -102,12 +103,14 @@ def _points(Q, domain, scale=None):
     r"""The scale s (to the boundary) and the point :math:`x = P_X(c + s\hat Q)`;
     ``scale`` given: that s."""
     if scale is None:
-        tiny = jnp.finfo(Q.dtype).tiny
         if isinstance(domain, dom.Box):
-            half = (domain.hi - domain.lo) / 2 * jnp.ones(Q.shape[1], Q.dtype)
-            scale = half[0] / jnp.maximum(jnp.max(jnp.abs(Q), axis=1), tiny)
+            size = jnp.max(jnp.abs(Q), axis=1)
+            reach = (domain.hi - domain.lo)[..., 0] / 2 if jnp.ndim(domain.hi) else (domain.hi - domain.lo) / 2
         else:
-            scale = domain.radius / jnp.maximum(jnp.linalg.norm(Q, axis=1), tiny)
+            size, reach = jnp.linalg.norm(Q, axis=1), domain.radius
+        # A row equal to the mean has Q = 0: its point is the centre (s = 0), not inf * 0.
+        raw = reach / jnp.where(size > 0, size, 1)
+        scale = jnp.where((size > 0) & jnp.isfinite(raw), raw, 0).astype(Q.dtype)
     centre = _centre(domain) * jnp.ones(Q.shape[1], Q.dtype)
     return scale, dom.project(domain, centre + scale[:, None] * Q)
 
@@ -153,14 +156,15 @@ prepare = jax.jit(_prepare, static_argnames=("blocks", "algorithm"))
 def pad(spec, d: int, dtype, *, n_max, k_max, beta_max, b_max, c_norm, p_rowsum, w_norm, K, q_norm, s, x_norm):
     r"""Bound on :math:`|\hat z_{rt} - z'_r(c + s_t\hat v_t)|` for every rival r at once
     (the module docstring's terms; the own logit's pad, the point's offset e and the
-    centring excluded), doubled to cover the rounding of the pad itself."""
+    centring excluded). Each gamma is already doubled (:func:`~unargmax_jax.bounds.gamma`);
+    the factor 1 + 2^-10 covers the few roundings of this sum."""
     g = bounds.product_pad(d, dtype, spec, extra=8)
     D = g * (w_norm * k_max + n_max * K)
     value = s * (n_max * q_norm * (1 + g) + D) + beta_max
     total = s * D + g * value + g * (b_max + n_max * c_norm)
     flush = 16 * bounds.flush_pad(spec, dtype) * d * (1 + s) * (1 + n_max) * (
         1 + p_rowsum + c_norm + n_max + x_norm + k_max)
-    return 2 * total + flush + bounds.tiny_pad(4 * d, dtype)
+    return (1 + 2.0 ** -10) * total + flush + bounds.tiny_pad(4 * d, dtype)
 
 
 def _step(head: DeviceHead, pre: Rows, carry: Carry, domain, index, *, blocks: Blocks, algorithm, half: bool):
@@ -240,7 +244,7 @@ def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_
         own = bounds.row_dot(own_rows, point, spec) + b[ids]
         margin = own - strongest
         # The own logit's rounding, the rivals' offset e, the centring's rounding.
-        total = 2 * own_pad * (w_norm * x_norm + jnp.abs(b[ids])) + common + n_max * offset * (1 + 4 * u) \
+        total = own_pad * (w_norm * x_norm + jnp.abs(b[ids])) + common + n_max * offset * (1 + 4 * u) \
             + 2 * u * (w_norm + n_max) * x_norm
         lower = margin - total
         eps4 = 4 * float(jnp.finfo(dtype).eps)
