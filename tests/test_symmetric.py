@@ -138,6 +138,23 @@ def test_a_row_equal_to_the_mean_gets_the_centre_and_finite_bounds():
         assert lower < _exact_margin(W, b, i, x.astype(np.float64)) or lower <= 0
 
 
+def test_any_scale_is_safe_the_offset_is_measured():
+    """Regression: the stored point's offset from c + s Q was bounded a priori (16 u), which
+    holds only if the scale pass's W'P rounds as the block's does; with a scale off by 0.1%
+    (points clipped to the box) every lower bound is still below the exact margin."""
+    W, b = _head(9, 48, 6, 1.0, "gaussian")
+    head, domain = _device_head(W, b), _domain("box", 6)
+    pre = symmetric.prepare(head, domain, blocks=SMALL, algorithm="F32_F32_F32")
+    pre = pre._replace(scale=pre.scale * np.float32(1.001))
+    carry = symmetric.Carry(jnp.full(48, -jnp.inf, jnp.float32), jnp.zeros(48, jnp.int32))
+    for index in range(symmetric.blocks_for(48, SMALL)):
+        carry, ids, (x, wb, _, _) = symmetric.step(head, pre, carry, domain, jnp.int32(index), blocks=SMALL,
+                                                   algorithm="F32_F32_F32", half=False)
+        for r, i in enumerate(np.asarray(ids)):
+            exact = _exact_fraction(W, b, int(i), np.asarray(x[r]))
+            assert Fraction(float(wb.lower[r])) <= exact, (i, float(wb.lower[r]), float(exact))
+
+
 def test_jit_equals_eager_and_block_sizes_do_not_change_the_proofs():
     """The step gives the same bounds jitted and eager (up to rounding), and other block
     shapes decide the same tokens."""

@@ -237,10 +237,11 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
     size = second_pass_batch(ctx) if all_candidates else ctx.batch
     rung = algorithm != ctx.settings.dot_algorithm  # the bfloat16 rung: full precision follows
     if not (all_candidates or rung) and first == 0 and symmetric.applies(ctx, todo):
-        _symmetric_pass(ctx, evidence, name, todo)
-        # What its wider pad (or an early stop) left goes through the plain pass, one
-        # point per token, before the second pass tries five.
-        todo = todo[evidence.verdict[todo] == UNDECIDED]
+        finished = _symmetric_pass(ctx, evidence, name, todo)
+        left = todo[evidence.verdict[todo] == UNDECIDED]
+        # The second pass tries the same point first (and four more): the plain pass, one
+        # point per token, pays only for many tokens, not a kernel's compile for a few.
+        todo = left if not finished or 100 * left.size > todo.size else left[:0]
     done = 0
 
     def dispatch(ids):
@@ -280,13 +281,13 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
         record(*in_flight)
 
 
-def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> None:
+def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> bool:
     """The first pass by :mod:`.symmetric`, over every row block, recording the pending
     rows of each; it stops after four blocks if its pad has left open most of their
     tokens whose margin estimate is positive (its pad is wider than the plain pass's, and
-    d u grows with d). It saves no position
-    inside the pass (the carried column maxima are not in a snapshot): a run cut short
-    replays the pass from its start."""
+    d u grows with d). It saves no position inside the pass (the carried column maxima
+    are not in a snapshot): a run cut short replays the pass from its start. Returns
+    whether it screened every row block."""
     C = ctx.W.shape[0]
     wanted = np.zeros(C, bool)
     wanted[todo] = True
@@ -315,12 +316,11 @@ def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> None:
         if in_flight is not None:
             record(*in_flight)
             if in_flight[0] >= 3 and 2 * lost[0] > lost[1]:
-                in_flight = None  # its pad is too wide for this head: the plain pass does the rest
-                break
+                return False  # its pad is too wide for this head: the plain pass does the rest
         in_flight = found
     if in_flight is not None:
         record(*in_flight)
-
+    return not ctx.expired()
 
 
 def _competitor_sets(ctx: Context, evidence: Evidence, todo) -> None:

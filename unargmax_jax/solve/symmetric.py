@@ -231,11 +231,15 @@ def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_
     n_max = jnp.max(pre.norm)
     c_norm = jnp.linalg.norm(_centre(domain) * jnp.ones(d, dtype))
     w_norm = pre.norm[ids]
+    # ||x - (c + s Q)||, measured (rounding and projection, and a scale from the first pass's
+    # own product of W'P, which need not round as this block's does), plus that sum's rounding.
+    g = bounds.product_pad(d, dtype, spec)
+    q_norm = jnp.linalg.norm(Q, axis=1)
+    centre = _centre(domain) * jnp.ones(d, dtype)
+    offset = jnp.linalg.norm(x - (centre + s[:, None] * Q), axis=1) * (1 + 2 * g) + 16 * u * (c_norm + s * q_norm)
     common = pad(spec, d, dtype, n_max=n_max, k_max=jnp.max(pre.K), beta_max=jnp.max(jnp.abs(pre.beta)),
                  b_max=jnp.max(jnp.abs(b)), c_norm=c_norm, p_rowsum=jnp.max(jnp.sum(jnp.abs(head.precision), axis=1)),
-                 w_norm=w_norm, K=pre.K[ids], q_norm=jnp.linalg.norm(Q, axis=1), s=s,
-                 x_norm=jnp.linalg.norm(x, axis=1))
-    offset = 16 * u * (c_norm + s * jnp.linalg.norm(Q, axis=1))  # ||x - (c + s v)||: rounding and projection
+                 w_norm=w_norm, K=pre.K[ids], q_norm=q_norm, s=s, x_norm=jnp.linalg.norm(x, axis=1))
     own_pad = bounds.product_pad(d, dtype, spec, extra=6)
     own_rows = W[ids] - head.mean
 
@@ -253,7 +257,7 @@ def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_
     lower, margin = lower_at(x, offset)
     if half:
         rounded = x.astype(jnp.float16).astype(dtype)
-        lower16, margin16 = lower_at(rounded, offset + jnp.linalg.norm(rounded - x, axis=1))
+        lower16, margin16 = lower_at(rounded, offset + jnp.linalg.norm(rounded - x, axis=1) * (1 + 2 * g))
         take = lower16 > 0
         x = jnp.where(take[:, None], rounded, x)
         lower, margin = jnp.where(take, lower16, lower), jnp.where(take, margin16, margin)
