@@ -156,15 +156,16 @@ prepare = jax.jit(_prepare, static_argnames=("blocks", "algorithm"))
 def pad(spec, d: int, dtype, *, n_max, k_max, beta_max, b_max, c_norm, p_rowsum, w_norm, K, q_norm, s, x_norm):
     r"""Bound on :math:`|\hat z_{rt} - z'_r(c + s_t\hat v_t)|` for every rival r at once
     (the module docstring's terms; the own logit's pad, the point's offset e and the
-    centring excluded). Each gamma is already doubled (:func:`~unargmax_jax.bounds.gamma`);
-    the factor 1 + 2^-10 covers the few roundings of this sum."""
+    centring excluded). The factor 1 + 8 g covers the rounding of the norms and of this sum,
+    and K read from the first pass's W'P where a block's rounds differently (their distance
+    is at most 2 g || |P||w'| ||, so K grows by at most 3 g)."""
     g = bounds.product_pad(d, dtype, spec, extra=8)
     D = g * (w_norm * k_max + n_max * K)
     value = s * (n_max * q_norm * (1 + g) + D) + beta_max
     total = s * D + g * value + g * (b_max + n_max * c_norm)
     flush = 16 * bounds.flush_pad(spec, dtype) * d * (1 + s) * (1 + n_max) * (
         1 + p_rowsum + c_norm + n_max + x_norm + k_max)
-    return (1 + 2.0 ** -10) * total + flush + bounds.tiny_pad(4 * d, dtype)
+    return (1 + 8 * g) * total + flush + bounds.tiny_pad(4 * d, dtype)
 
 
 def _step(head: DeviceHead, pre: Rows, carry: Carry, domain, index, *, blocks: Blocks, algorithm, half: bool):
