@@ -53,13 +53,19 @@ BLOCKS = Blocks()
 
 
 class Rows(NamedTuple):
-    """Per row: what its own block needs from every other block, from one pass before."""
+    """Per row, what its own block needs from every other block, and the head-wide maxima
+    of the pad: computed once, in one pass before the blocks."""
 
     beta: jax.Array  # (C,) b_r + w_r'^T c
     scale: jax.Array  # (C,) s_r
     K: jax.Array  # (C,) || |P||w'_r| || + ||Q_r|| (a bound of rho ||w'_r|| for the first term, with
     # rho the largest row sum of |P|, sent 1899 of SmolLM2's tokens to the second pass, not 88)
     norm: jax.Array  # (C,) ||w'_r||
+    n_max: jax.Array  # () max ||w'_r||; the other head-wide maxima of the pad below
+    k_max: jax.Array
+    beta_max: jax.Array
+    b_max: jax.Array
+    p_rowsum: jax.Array  # () largest row sum of |P|
 
 
 class Carry(NamedTuple):
@@ -93,10 +99,10 @@ def applies(ctx: Context, todo: np.ndarray, blocks: Blocks = BLOCKS) -> bool:
                 and C >= max(4 * blocks.columns, 16 * ctx.W.shape[1]) and todo.size >= C / 2 + 3 * ctx.W.shape[1])
 
 
-def _centre(domain):
-    if isinstance(domain, dom.Box):
-        return (domain.lo + domain.hi) / 2
-    return domain.center
+def _centre(domain, d: int, dtype):
+    """The domain's centre as a length-d vector."""
+    centre = (domain.lo + domain.hi) / 2 if isinstance(domain, dom.Box) else domain.center
+    return centre * jnp.ones(d, dtype)
 
 
 def _points(Q, domain, scale=None):
@@ -105,14 +111,13 @@ def _points(Q, domain, scale=None):
     if scale is None:
         if isinstance(domain, dom.Box):
             size = jnp.max(jnp.abs(Q), axis=1)
-            reach = (domain.hi - domain.lo)[..., 0] / 2 if jnp.ndim(domain.hi) else (domain.hi - domain.lo) / 2
+            reach = jnp.ravel(domain.hi - domain.lo)[0] / 2  # equal widths (see applies)
         else:
             size, reach = jnp.linalg.norm(Q, axis=1), domain.radius
         # A row equal to the mean has Q = 0: its point is the centre (s = 0), not inf * 0.
         raw = reach / jnp.where(size > 0, size, 1)
         scale = jnp.where((size > 0) & jnp.isfinite(raw), raw, 0).astype(Q.dtype)
-    centre = _centre(domain) * jnp.ones(Q.shape[1], Q.dtype)
-    return scale, dom.project(domain, centre + scale[:, None] * Q)
+    return scale, dom.project(domain, _centre(domain, Q.shape[1], Q.dtype) + scale[:, None] * Q)
 
 
 def _centred(head: DeviceHead, start, size: int):
@@ -130,7 +135,7 @@ def _prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm):
     C, d = W.shape
     B = blocks.rows
     spec = bounds.algorithm_spec(algorithm, W.dtype)
-    centre = _centre(domain) * jnp.ones(d, W.dtype)
+    centre = _centre(domain, d, W.dtype)
 
     def one(index):
         rows = _centred(head, _block(C, B, index), B)
@@ -147,7 +152,9 @@ def _prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm):
     def spread(a):
         return jnp.zeros(C, W.dtype).at[ids].set(a.reshape(-1))
 
-    return Rows(spread(beta) + head.b, spread(scale), spread(K), spread(norm))
+    beta, K, norm = spread(beta) + head.b, spread(K), spread(norm)
+    return Rows(beta, spread(scale), K, norm, jnp.max(norm), jnp.max(K), jnp.max(jnp.abs(beta)),
+                jnp.max(jnp.abs(head.b)), jnp.max(jnp.sum(jnp.abs(head.precision), axis=1)))
 
 
 prepare = jax.jit(_prepare, static_argnames=("blocks", "algorithm"))
@@ -229,18 +236,18 @@ def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_
     d = W.shape[1]
     dtype = W.dtype
     u = float(jnp.finfo(dtype).eps) / 2
-    n_max = jnp.max(pre.norm)
-    c_norm = jnp.linalg.norm(_centre(domain) * jnp.ones(d, dtype))
+    n_max = pre.n_max
+    centre = _centre(domain, d, dtype)
+    c_norm = jnp.linalg.norm(centre)
     w_norm = pre.norm[ids]
     # ||x - (c + s Q)||, measured (rounding and projection, and a scale from the first pass's
     # own product of W'P, which need not round as this block's does), plus that sum's rounding.
     g = bounds.product_pad(d, dtype, spec)
     q_norm = jnp.linalg.norm(Q, axis=1)
-    centre = _centre(domain) * jnp.ones(d, dtype)
     offset = jnp.linalg.norm(x - (centre + s[:, None] * Q), axis=1) * (1 + 2 * g) + 16 * u * (c_norm + s * q_norm)
-    common = pad(spec, d, dtype, n_max=n_max, k_max=jnp.max(pre.K), beta_max=jnp.max(jnp.abs(pre.beta)),
-                 b_max=jnp.max(jnp.abs(b)), c_norm=c_norm, p_rowsum=jnp.max(jnp.sum(jnp.abs(head.precision), axis=1)),
-                 w_norm=w_norm, K=pre.K[ids], q_norm=q_norm, s=s, x_norm=jnp.linalg.norm(x, axis=1))
+    common = pad(spec, d, dtype, n_max=n_max, k_max=pre.k_max, beta_max=pre.beta_max, b_max=pre.b_max,
+                 c_norm=c_norm, p_rowsum=pre.p_rowsum, w_norm=w_norm, K=pre.K[ids], q_norm=q_norm, s=s,
+                 x_norm=jnp.linalg.norm(x, axis=1))
     own_pad = bounds.product_pad(d, dtype, spec, extra=6)
     own_rows = W[ids] - head.mean
 
@@ -287,7 +294,7 @@ def work_done(C: int, blocks: Blocks, steps: int) -> float:
 
 
 def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
-    """Yield ``(ids, found)`` per row block, in order (numpy ids, the device results);
+    """Yield ``(index, ids, found)`` per row block, in order (the device's ids and results);
     each block's kernel is dispatched before the previous block's results are handed on."""
     C = ctx.W.shape[0]
     algorithm = ctx.settings.dot_algorithm
