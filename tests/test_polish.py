@@ -57,3 +57,33 @@ def test_least_squares_weights_match_a_null_space_solve():
             np.testing.assert_allclose(lam, truth, atol=1e-9)
         else:  # clipped: still weights on the simplex
             assert lam is None or (np.all(lam >= 0) and abs(lam.sum() - 1) < 1e-12)
+
+
+def test_mixtures_are_decided_before_the_second_pass(monkeypatch):
+    """Rows a mixture of two others dominates at d = 48 (fewer dimensions than competitors,
+    where least-norm weights over every competitor spread and clipping loses the mixture):
+    the least-squares certificates on the first pass's rivals decide them, so the second
+    pass (five points each, then braid) never evaluates the head for them. Regression: they
+    went through both passes and braid first (on a 128256 x 4096 head, 1282 such rows cost
+    about a third of an all-pairs product)."""
+    import sys
+    from pathlib import Path
+
+    from unargmax_jax.solve import screen
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers import highs_margins
+
+    W, b, planted = _mixture_head(2400, 48, 24, seed=4)
+    second = []
+    run_pass = screen._screen_pass
+    monkeypatch.setattr(screen, "_screen_pass", lambda ctx, ev, ph, name, todo, *a, **k: (
+        second.extend(todo.tolist()) if name == "screen 2" else None) or run_pass(ctx, ev, ph, name, todo, *a, **k))
+    report = ua.check(W, b)
+    assert np.all(report.verdict[planted] == UNARGMAXABLE) and np.all(report.stage[planted] == "screen")
+    assert not set(second) & set(planted.tolist())
+    assert ua.verify(report, W, b).ok
+    rng = np.random.default_rng(4)
+    sample = np.r_[planted[:4], rng.choice(np.setdiff1d(np.arange(2400), planted), 12, replace=False)]
+    truth = highs_margins(W, b, -100.0, 100.0, sample)
+    assert np.all(truth[:4] < 0) and np.all((truth > 0) == (report.verdict[sample] == 1))

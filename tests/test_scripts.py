@@ -64,6 +64,9 @@ def test_gpu_bench_cpu_path_on_a_tiny_head(tmp_path):
     angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     W = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)  # all argmaxable: screen only
     assert gpu.device_product_seconds(W, "F32_F32_F32", block=16) > 0
+    # Every algorithm this backend runs stays within its pad against exact products.
+    ratios = gpu.pad_check(n=96, m=8)
+    assert "F32_F32_F32" in ratios and all(0 < r <= 1 for r in ratios.values())
     report = ua.check(W)
     assert np.all(report.verdict == 1)
     report.save(tmp_path / "cpu")

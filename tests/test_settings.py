@@ -45,3 +45,38 @@ def test_bad_settings_are_refused_with_what_was_expected(options, error):
         settings_from(**options)
     with pytest.raises(error):
         ua.check(*_head(), **options)
+
+
+@pytest.mark.parametrize("backend, chunk", [("cpu", 128), ("gpu", 1024), ("tpu", 1024)])
+def test_chunk_size_is_chosen_per_backend_and_recorded(backend, chunk, monkeypatch):
+    """An accelerator gets larger screening batches (a 128-token product leaves it waiting on
+    dispatch); an explicit chunk size is kept; the report records the value used."""
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert settings_from().chunk_size == chunk
+    assert settings_from(chunk_size=40).chunk_size == 40
+    monkeypatch.undo()
+    assert ua.check(*_head()).settings["chunk_size"] == 128
+
+
+def test_accelerator_batches_are_capped_by_device_memory(monkeypatch):
+    """(batch x C) logits stay within 1/16 of the memory a device reports."""
+    import jax
+    import jax.numpy as jnp
+
+    from unargmax_jax.solve import context
+
+    class Device:
+        def __init__(self, limit):
+            self.limit = limit
+
+        def memory_stats(self):
+            return {"bytes_limit": self.limit}
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device(16 * 4 * 1000 * 300)])
+    assert context._logits_cap(1000, jnp.float32) == 300
+    assert context._logits_cap(10**9, jnp.float32) == 1  # never an empty batch
+    monkeypatch.setattr(jax, "local_devices", lambda: [Device(None)])
+    assert context._logits_cap(1000, jnp.float32) == 1000

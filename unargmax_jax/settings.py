@@ -25,7 +25,9 @@ class Settings(NamedTuple):
             the lowest id of a tied group can win, as ``jnp.argmax`` breaks ties.
         seed: PRNG seed of the screen's random starting points.
         chunk_size: tokens per batch of the screen (ascent and PDHG batches are capped
-            further by memory).
+            further by memory); None: 128 on CPU, 1024 on GPU and TPU, where a product of
+            128 tokens by the head is too short to keep the device busy between dispatches
+            (then capped so a batch's logits stay within a 1/16 of the device's memory).
         competitors: size k of each token's competitor set in ascent and PDHG; 0 picks
             ``max(32, 2 (d + 1))``, capped by C - 1 and 1024.
         braid_steps: braid-reflect steps (Grivas et al., 2022) after the second screening
@@ -69,7 +71,7 @@ class Settings(NamedTuple):
 
     ties: str = "strict"
     seed: int = 0
-    chunk_size: int = 128
+    chunk_size: int | None = None
     competitors: int = 0
     braid_steps: int = 16
     ascent_steps: int = 300
@@ -110,17 +112,18 @@ def settings_from(settings: Settings | None = None, **options) -> Settings:
     settings = (settings or Settings())._replace(**options)
     if settings.ties not in TIES:
         raise ValueError(f"ties must be 'strict' or 'first', got {settings.ties!r}")
-    if not (isinstance(settings.chunk_size, int) and settings.chunk_size > 0):
-        raise ValueError(f"chunk_size must be a positive int, got {settings.chunk_size!r}")
+    if settings.chunk_size is not None and not (isinstance(settings.chunk_size, int) and settings.chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive int or None, got {settings.chunk_size!r}")
     return for_backend(settings)
 
 
 FAST_BACKENDS = ("gpu", "cuda", "rocm", "tpu")  # where a bfloat16 product outruns float32
+CHUNK_SIZES = {"cpu": 128, "accelerator": 1024}  # default tokens per screening batch
 
 
 def for_backend(settings: Settings) -> Settings:
-    """``settings`` with ``dot_algorithm`` and ``bf16_screen`` chosen for JAX's default
-    backend where they are None, so that a report records what ran.
+    """``settings`` with ``dot_algorithm``, ``bf16_screen`` and ``chunk_size`` chosen for
+    JAX's default backend where they are None, so that a report records what ran.
 
     Raises:
         ValueError: a dot algorithm that is unknown or does not fit the working dtype.
@@ -133,4 +136,6 @@ def for_backend(settings: Settings) -> Settings:
         fast = dtype == "float32" and jax.default_backend() in FAST_BACKENDS
     elif fast not in (True, False):
         raise ValueError(f"bf16_screen must be True, False or None, got {fast!r}")
-    return settings._replace(dot_algorithm=algorithm, bf16_screen=bool(fast and dtype == "float32"))
+    accelerator = jax.default_backend() in FAST_BACKENDS
+    chunk = settings.chunk_size or CHUNK_SIZES["accelerator" if accelerator else "cpu"]
+    return settings._replace(dot_algorithm=algorithm, bf16_screen=bool(fast and dtype == "float32"), chunk_size=chunk)

@@ -23,7 +23,7 @@ DECIDED = (ARGMAXABLE, UNARGMAXABLE)
 STAGES = ("screen", "ascent", "pdhg", "basis", "rational")
 # Resumable phases (``resume``): the screen runs in two passes (after an optional bfloat16
 # first rung) and a competitor-set pass.
-PHASES = ("screen bf16", "screen", "screen 2", "top", "ascent", "pdhg", "basis", "rational")
+PHASES = ("screen bf16", "screen", "top 1", "screen 2", "top", "ascent", "pdhg", "basis", "rational")
 # A token's ``stage`` in a report: the stage that decided it, or how else it was settled.
 TIE = "tie"  # an exact duplicate row and bias (decided by the twin rule, not a stage)
 REUSED = "reused"  # carried over from a previous check's evidence (``monitor``)

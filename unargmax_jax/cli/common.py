@@ -120,7 +120,8 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ties", choices=["strict", "first"], default="strict",
                         help="strict: exact duplicates are unargmaxable; first: lowest index wins a tie")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for random starting points (default 0)")
-    parser.add_argument("--chunk-size", type=int, default=128, help="tokens per batch (default 128)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="tokens per screening batch (default 128 on CPU, 1024 on GPU/TPU)")
     parser.add_argument("--max-seconds", type=float,
                         help="per head: stop starting new work after this long; the rest stays undecided")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
@@ -160,7 +161,7 @@ def validate_options(args: argparse.Namespace) -> None:
     """
     if args.command == "check" and args.example == bool(args.head):
         raise UsageError("give a head file or --example (exactly one)")
-    if args.chunk_size <= 0:
+    if args.chunk_size is not None and args.chunk_size <= 0:
         raise UsageError(f"--chunk-size: expected a positive integer, got {args.chunk_size}")
     if args.max_seconds is not None and not (math.isfinite(args.max_seconds) and args.max_seconds >= 0):
         raise UsageError(f"--max-seconds: expected a finite number >= 0, got {args.max_seconds}")

@@ -180,7 +180,7 @@ def make_context(W: np.ndarray, b: np.ndarray | None, domain: dom.Domain, settin
     device_domain = place.replicate(domain_on_device(domain, dtype))
     k = settings.competitors or max(32, 2 * (d + 1))
     k = int(min(k, U - 1, 1024))
-    batch = place.batch(int(min(settings.chunk_size, U)))
+    batch = place.batch(int(min(settings.chunk_size, U, _logits_cap(U, dtype))))
     extent = np.asarray(dom.extent(device_domain))
     eps = float(jnp.finfo(dtype).eps)
     return Context(
@@ -191,6 +191,16 @@ def make_context(W: np.ndarray, b: np.ndarray | None, domain: dom.Domain, settin
         tolerance=float(max(8 * (d + 4) * eps, 1e-6 if dtype == jnp.float32 else 1e-12)),
         decisive=float(64 * (d + 4) * eps), deadline=deadline, progress=progress,
         exact_certificates_only=exact_certificates_only)
+
+
+def _logits_cap(U: int, dtype) -> int:
+    """Tokens whose (tokens x U) logits fill at most 1/16 of a device's memory, where the
+    device reports it (GPU, TPU); else no cap (CPU: the chunk size stands)."""
+    stats = jax.local_devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    limit = (stats or {}).get("bytes_limit")
+    if not limit:
+        return U
+    return max(1, int(limit) // (16 * U * jnp.dtype(dtype).itemsize))
 
 
 def _hard_batch(W: np.ndarray, k: int, batch: int, dtype, place: Placement) -> int:

@@ -39,11 +39,14 @@ def least_squares_weights(rows: np.ndarray, own: np.ndarray) -> np.ndarray | Non
 
 
 MAX_ROWS = 128  # the KKT system is (k + 1)^2 with k rows: a few ms at k = 128, d = 4096
+FEW_ROWS = 8  # first the strongest few: with k >= d rows the fit is not unique, and the
+# least-norm weights spread over every row, so clipping them to >= 0 loses a 2-row mixture
 
 
 def candidate_sets(evidence: Evidence, i: int) -> list[np.ndarray]:
     """Row sets to try (at most ``MAX_ROWS`` each): the best certificate's heaviest rows,
-    then with PDHG's competitors, or else the screen's (strongest rivals first)."""
+    then with the strongest ``FEW_ROWS`` of PDHG's competitors, or else the screen's, then
+    with as many as fit."""
     support = np.asarray(evidence.cert_support.get(i, []), np.int64)
     weights = np.asarray(evidence.cert_weights.get(i, []), np.float64)
     support = support[np.argsort(-weights, kind="stable")][:MAX_ROWS]
@@ -52,8 +55,9 @@ def candidate_sets(evidence: Evidence, i: int) -> list[np.ndarray]:
     competitors = [int(j) for j in rivals if int(j) not in named]
     sets = [support] if support.size else []
     room = MAX_ROWS - support.size
-    if competitors and room > 0:
-        sets.append(np.r_[support, np.asarray(competitors[:room], np.int64)])
+    for size in sorted({min(FEW_ROWS, room), room}):
+        if competitors and size > 0:
+            sets.append(np.r_[support, np.asarray(competitors[:size], np.int64)])
     return sets
 
 

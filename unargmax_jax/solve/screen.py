@@ -210,13 +210,15 @@ def second_pass_batch(ctx: Context) -> int:
 
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     """Screen every pending row: its whitened row first (after a bfloat16 rung, when the
-    settings ask for one), then every candidate for the rest; then the competitor sets
-    (top-k at the best point) of the rows still undecided, and their least-squares
-    certificates (:mod:`.polish`)."""
+    settings ask for one), then every candidate for the rest; before the second pass and
+    after it, the competitor sets (top-k at the best point) of the rows still undecided
+    and their least-squares certificates (:mod:`.polish`)."""
     full = ctx.settings.dot_algorithm
     passes = (((False, "screen bf16", bounds.FAST_ALGORITHM),) if ctx.settings.bf16_screen else ()) + (
         (False, "screen", full), (True, "screen 2", full))
     for all_candidates, name, algorithm in passes:
+        if all_candidates:
+            _polish_before_second_pass(ctx, evidence, phases)
         started = phases.begin(name, pending(evidence))
         if started is not None:
             _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates, algorithm=algorithm)
@@ -227,6 +229,17 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     # the "top" phase: a run resumed later must not polish again (from the polished
     # certificates' rows it can find other bounds: regression, resume not identical).
     polish.run(ctx, evidence, todo, "screen")
+
+
+def _polish_before_second_pass(ctx: Context, evidence: Evidence, phases: Phases) -> None:
+    """Least-squares certificates on the rivals at the first pass's point, for the rows it
+    left open: a row that a mixture of its rivals dominates (a merged, planted or
+    re-initialised token) is decided in milliseconds of host work, where the second pass
+    and braid would evaluate the whole head about twenty times for it first."""
+    if polish.applies(ctx):
+        todo = phases.todo("top 1", pending(evidence))
+        _competitor_sets(ctx, evidence, todo)
+        polish.run(ctx, evidence, todo, "screen")
 
 
 def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
