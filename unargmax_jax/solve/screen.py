@@ -116,15 +116,12 @@ def braid_reflect(
 
     applied only while token i is not the argmax; the best point seen is returned.
     """
-    C = W.shape[0]
-    own = jax.nn.one_hot(ids, C, dtype=bool)
+    spec = bounds.algorithm_spec(None, W.dtype)
 
     def margin_and_rival(x):
-        Z = bounds.logits(W, b, x)
-        rivals = jnp.where(own, -jnp.inf, Z)
-        j = jnp.argmax(rivals, axis=1)
-        z_own = jnp.take_along_axis(Z, ids[:, None], axis=1)[:, 0]
-        return z_own - jnp.max(rivals, axis=1), j
+        rivals, z_own = bounds.rival_logits(W, b, ids, x, spec)  # (C, n): W read in place
+        strongest = jnp.max(rivals, axis=0)
+        return z_own - strongest, jnp.argmax(rivals == strongest[None, :], axis=0)
 
     def step(_, carry):
         x, best_x, best_m = carry
