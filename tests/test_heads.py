@@ -330,3 +330,25 @@ def test_example_head_file_is_reproducible(tmp_path):
     W, b = script.build()
     script.write_npz(tmp_path / "again.npz", {"W": W, "b": b})
     assert (tmp_path / "again.npz").read_bytes() == example_head_path().read_bytes()
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_npz_heads_are_read_into_aligned_memory_without_a_second_copy(tmp_path, save):
+    """Regression: NumPy's reader returns malloc's 16-byte alignment, so validation copied
+    every head once more (a head-sized transient: 2x the head while loading)."""
+    from unargmax_jax.heads.validate import aligned
+
+    from unargmax_jax.heads.npz import _NpzFile
+
+    rng = np.random.default_rng(5)
+    # 240 kB: above malloc's mmap threshold, where NumPy's own reader lands at 16 mod 64.
+    W, b = rng.normal(size=(300, 200)).astype(np.float32), rng.normal(size=300).astype(np.float32)
+    save(tmp_path / "h.npz", W=W, b=b)
+    archive = _NpzFile(tmp_path / "h.npz")
+    read = archive.read("W")
+    archive.close()
+    assert np.array_equal(read, W) and read.ctypes.data % 64 == 0 and aligned(read) is read
+    head = load_head(tmp_path / "h.npz")
+    assert np.array_equal(head.W, W) and np.array_equal(head.b, b)
+    save(tmp_path / "f.npz", W=np.asfortranarray(W.astype(">f4")))  # NumPy's reader, then converted
+    assert np.array_equal(load_head(tmp_path / "f.npz").W, W)

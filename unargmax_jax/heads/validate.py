@@ -37,13 +37,20 @@ def _as_float(arr: np.ndarray, what: str, prefix: str) -> np.ndarray:
     raise HeadTypeError(f"{prefix}expected real floating-point or integer {what}, got dtype {dtype}{hint}")
 
 
+def aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def aligned(arr: np.ndarray) -> np.ndarray:
     """``arr`` as a C-contiguous array whose data starts on a 64-byte boundary (a copy only if needed)."""
     if arr.flags.c_contiguous and arr.ctypes.data % _ALIGNMENT == 0:
         return arr
-    raw = np.empty(arr.nbytes + _ALIGNMENT, np.uint8)
-    start = (-raw.ctypes.data) % _ALIGNMENT
-    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out = aligned_empty(arr.shape, arr.dtype)
     out[...] = arr
     return out
 
