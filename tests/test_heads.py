@@ -336,9 +336,8 @@ def test_example_head_file_is_reproducible(tmp_path):
 def test_npz_heads_are_read_into_aligned_memory_without_a_second_copy(tmp_path, save):
     """Regression: NumPy's reader returns malloc's 16-byte alignment, so validation copied
     every head once more (a head-sized transient: 2x the head while loading)."""
-    from unargmax_jax.heads.validate import aligned
-
     from unargmax_jax.heads.npz import _NpzFile
+    from unargmax_jax.heads.validate import aligned
 
     rng = np.random.default_rng(5)
     # 240 kB: above malloc's mmap threshold, where NumPy's own reader lands at 16 mod 64.

@@ -126,3 +126,22 @@ def test_a_stage_start_saves_only_when_a_snapshot_is_due(tmp_path):
     due = Phases(Checkpoint(tmp_path / "due.npz", "key", every=0.0), evidence, Silent())
     assert due.begin("screen 2", todo) == (todo, 0)
     assert Checkpoint(tmp_path / "due.npz", "key").load()["phase"] == "screen 2"
+
+
+def test_the_head_is_hashed_once_for_the_checkpoint_and_the_report(tmp_path, monkeypatch):
+    """Regression: a check with a checkpoint hashed the head twice (its key, then the
+    report's ``head.sha256``), each a float64 pass over the head (12 s at 128256 x 4096)."""
+    import hashlib
+
+    from unargmax_jax import engine, report as report_module
+
+    rng = np.random.default_rng(2)
+    W, b = rng.normal(size=(300, 5)).astype(np.float32), rng.normal(size=300).astype(np.float32)
+    calls = []
+    hash_head = engine.head_sha256
+    for module in (engine, report_module):
+        monkeypatch.setattr(module, "head_sha256", lambda *a: calls.append(1) or hash_head(*a))
+    report = ua.check(W, b, checkpoint=tmp_path / "partial.npz")
+    assert len(calls) == 1
+    truth = hashlib.sha256(b"W(300, 5)" + W.astype(np.float64).tobytes() + b"b(300,)" + b.astype(np.float64).tobytes())
+    assert report.head["sha256"] == truth.hexdigest()

@@ -57,8 +57,8 @@ class _Tokens(NamedTuple):
 
 
 def assemble(W, b, user_domain: dom.Domain, problem: Problem, settings: Settings, evidence: Evidence,
-             selected: np.ndarray) -> Report:
-    """The report on the stored head ``(W, b)`` and the user's domain."""
+             selected: np.ndarray, *, sha256: str | None = None) -> Report:
+    """The report on the stored head ``(W, b)`` (its ``sha256`` if already computed) and the user's domain."""
     C, d = W.shape
     tokens = _apply_tie_rule(problem, evidence, settings.ties)
     # A token left out by the user is skipped even when a selected twin was decided.
@@ -66,7 +66,7 @@ def assemble(W, b, user_domain: dom.Domain, problem: Problem, settings: Settings
     tokens.lower[~selected], tokens.upper[~selected], tokens.stage[~selected] = -np.inf, np.inf, NOT_SELECTED
     witness_ids = np.flatnonzero(tokens.verdict == ARGMAXABLE)
     return build_report(
-        head=head_record(W, b), domain=user_domain, verdict=tokens.verdict, lower=tokens.lower, upper=tokens.upper,
+        head=head_record(W, b, sha256), domain=user_domain, verdict=tokens.verdict, lower=tokens.lower, upper=tokens.upper,
         stage=tokens.stage, twins=tokens.twins, witness_ids=witness_ids,
         witnesses=_witnesses(problem, evidence, witness_ids),
         certificates=Certificates.from_rows(_certificate_rows(problem, evidence, tokens)),

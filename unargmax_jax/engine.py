@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax.numpy as jnp
 import numpy as np
@@ -95,13 +96,14 @@ def check(
     W_solve, b_solve, solve_domain, settings = _solver_coordinates(W_np, b_np, user_domain, settings)
     selected = selected_mask(tokens, W_np.shape[0])
     problem = _problem(W_solve, b_solve, solve_domain, settings.ties, selected)
-    saver = None if checkpoint is None else _checkpoint(checkpoint, W_np, b_np, user_domain, problem, settings)
+    sha256 = _hash_in_background(W_np, b_np)
+    saver = None if checkpoint is None else _checkpoint(checkpoint, sha256(), user_domain, problem, settings)
     deadline = start + settings.max_seconds if settings.max_seconds is not None else float("inf")
     reporter = Progress(progress)
     evidence = solve_rows(problem, settings, deadline=deadline, progress=reporter, checkpoint=saver,
                           exact_certificates_only=isinstance(user_domain, dom.Free))
     reporter.close()
-    report = assemble(W_np, b_np, user_domain, problem, settings, evidence, selected)
+    report = assemble(W_np, b_np, user_domain, problem, settings, evidence, selected, sha256=sha256())
     report.seconds = time.monotonic() - start
     report.stage_seconds = evidence.seconds
     report.notes.extend(_notes(user_domain, problem))
@@ -167,11 +169,21 @@ def _problem(W, b, domain: dom.Domain, ties: str, selected: np.ndarray) -> Probl
                    representative, wanted, inverse)
 
 
-def _checkpoint(path, W, b, user_domain: dom.Domain, problem: Problem, settings: Settings) -> Checkpoint:
-    """The run's checkpoint file, keyed by the stored head, the settings that change
-    results, the domain and the rows to decide."""
+def _hash_in_background(W: np.ndarray, b: np.ndarray | None):
+    """:func:`head_sha256` of the stored head on a second thread (hashlib and NumPy's casts
+    release the GIL, so it overlaps the check), computed once for the checkpoint's key and
+    the report. Returns a function that waits for the digest."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unargmax-hash")
+    digest = pool.submit(head_sha256, W, b)
+    pool.shutdown(wait=False)
+    return digest.result
+
+
+def _checkpoint(path, sha256: str, user_domain: dom.Domain, problem: Problem, settings: Settings) -> Checkpoint:
+    """The run's checkpoint file, keyed by the stored head (its ``sha256``), the settings
+    that change results, the domain and the rows to decide."""
     identity = hashlib.sha256()
-    identity.update(head_sha256(W, b).encode())
+    identity.update(sha256.encode())
     run_settings = {k: v for k, v in settings._asdict().items() if k not in SCHEDULING_FIELDS}
     identity.update(json.dumps([run_settings, dom.to_json(user_domain), dom.to_json(problem.domain)], sort_keys=True,
                                default=str).encode())

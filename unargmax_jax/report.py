@@ -60,10 +60,11 @@ def head_sha256(W: np.ndarray, b: np.ndarray | None) -> str:
     return digest.hexdigest()
 
 
-def head_record(W: np.ndarray, b: np.ndarray | None) -> dict:
-    """A report's ``head`` entry for the head ``(W, b)``: shape, bias and :func:`head_sha256`."""
+def head_record(W: np.ndarray, b: np.ndarray | None, sha256: str | None = None) -> dict:
+    """A report's ``head`` entry for the head ``(W, b)``: shape, bias and :func:`head_sha256`
+    (``sha256`` when the caller has it already)."""
     C, d = W.shape
-    return {"classes": int(C), "dim": int(d), "has_bias": b is not None, "sha256": head_sha256(W, b)}
+    return {"classes": int(C), "dim": int(d), "has_bias": b is not None, "sha256": sha256 or head_sha256(W, b)}
 
 
 @dataclasses.dataclass
