@@ -44,7 +44,7 @@ from .. import domains as dom
 from ..resume import Phases
 from ..verdicts import UNARGMAXABLE, UNDECIDED
 from . import ball, polish, simplex
-from .context import Context, bias64, box_bounds64
+from .context import Context, bias64, box_bounds64, margins_floor_at_zero
 from .evidence import Evidence, pending, start_points
 from .exact_basis import exact_certificate
 from .neighbours import NEAR, Vertices, near_duplicate_groups, nearest, share_certificate
@@ -282,10 +282,10 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     OCR head); first-order iterations cannot separate their margins, one LP decides them all."""
     if not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only:
         return
-    if ctx.b is None and dom.contains_origin(ctx.domain):
-        # Without a bias x = 0 gives every row margin >= 0: no float certificate can
-        # decide a row, so a shared one never does (regression: Whisper's tied head spent
-        # its basis time on 32 representatives' LPs at d = 384, for nothing).
+    if margins_floor_at_zero(ctx):
+        # No float certificate can decide a row, so a shared one never does (regression:
+        # Whisper's tied head spent its basis time on 32 representatives' LPs at d = 384,
+        # for nothing).
         return
     b64 = bias64(ctx)
     groups = near_duplicate_groups(ctx.W, b64, pending(evidence))[:MAX_GROUPS]
@@ -364,7 +364,7 @@ def _hull_question(ctx: Context) -> bool:
     12 thin tokens solved within 20 s each from them, 12 of 12 in 3.7 s each from
     :func:`aligned_rows`), and so is a solved neighbour's basis (rows in a cloud of rare
     tokens are 1-2% apart, far relative to their margins: 8 of 12 in twice the time)."""
-    return ctx.b is None and isinstance(ctx.domain, dom.Box) and dom.contains_origin(ctx.domain)
+    return isinstance(ctx.domain, dom.Box) and margins_floor_at_zero(ctx)
 
 
 def aligned_rows(W, token: int, k: int, *, block: int = 1 << 15) -> list[int]:

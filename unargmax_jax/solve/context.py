@@ -212,6 +212,12 @@ def _hard_batch(W: np.ndarray, k: int, batch: int, dtype, place: Placement) -> i
     return place.batch(1 << (hard.bit_length() - 1))  # a power of two: few distinct compiled shapes
 
 
+def margins_floor_at_zero(ctx: Context) -> bool:
+    """No bias and a domain holding x = 0, where every logit is 0: every margin is >= 0,
+    so no float certificate can decide a row (only exact ones show a margin of 0)."""
+    return ctx.b is None and dom.contains_origin(ctx.domain)
+
+
 def bias64(ctx: Context) -> np.ndarray:
     """The bias in float64 (zeros without one), for the host stages' float64 bounds."""
     return np.zeros(ctx.W.shape[0]) if ctx.b is None else np.asarray(ctx.b, np.float64)

@@ -34,7 +34,7 @@ from .._shapes import Array, Float, Int
 from ..resume import Phases
 from ..verdicts import UNDECIDED
 from . import basis
-from .context import Context, DeviceHead
+from .context import Context, DeviceHead, margins_floor_at_zero
 from .evidence import Evidence, pending, record_certificate, record_witness, start_points
 
 RUNNING, POSITIVE, NEGATIVE, CONVERGED = 0, 1, 2, 3
@@ -393,7 +393,7 @@ def _token_budget(ctx: Context) -> int:
     (``exact_certificates_only``) PDHG's float certificates prove nothing, so there too it
     only gets a short run before the basis stage."""
     settings = ctx.settings
-    zero_floor = ctx.b is None and dom.contains_origin(ctx.domain)
+    zero_floor = margins_floor_at_zero(ctx)
     exact_later = (zero_floor and _exact_available(ctx)) or (ctx.exact_certificates_only and settings.basis_rounds > 0)
     if isinstance(ctx.domain, dom.Box) and exact_later:
         return min(settings.pdhg_iterations, 2 * settings.pdhg_round_iterations)

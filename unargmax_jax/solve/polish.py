@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import domains as dom
 from ..verdicts import UNDECIDED
-from .context import Context, bias64, box_bounds64
+from .context import Context, bias64, box_bounds64, margins_floor_at_zero
 from .evidence import Evidence
 from .rational import float_certificate_bound, keep_float_certificate, rows64
 
@@ -65,7 +65,7 @@ def applies(ctx: Context) -> bool:
     """On a box, where a float certificate can decide: not on R^d (only exact ones count
     there), nor without a bias on a box around 0 (every margin is >= 0 there)."""
     return (isinstance(ctx.domain, dom.Box) and not ctx.exact_certificates_only
-            and not (ctx.b is None and dom.contains_origin(ctx.domain)))
+            and not margins_floor_at_zero(ctx))
 
 
 def run(ctx: Context, evidence: Evidence, todo: np.ndarray, stage: str) -> None:

@@ -265,14 +265,7 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
 
     def record(n, ids, valid, found):
         nonlocal done
-        x, wb, one, U_one = found
-        record_witness(ctx, evidence, ids, valid, x, wb, "screen")
-        record_certificate(ctx, evidence, ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
-        if not rung and np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
-            ctx.warmup.start()  # some token needs the later stages: compile them meanwhile
-        # Else glibc's arenas keep every freed (batch x C) block; a few times a second
-        # bounds what they hold at a few blocks, for a fraction of a trim per chunk.
-        return_freed_memory(min_interval=TRIM_INTERVAL)
+        _record_chunk(ctx, evidence, ids, valid, found, compile_later=not rung)
         done += valid
         ctx.progress.update(name, done, todo.size)
         phases.save_position(name, n + 1, todo)
@@ -289,6 +282,19 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
         in_flight = (n, ids, valid, found)
     if in_flight is not None:
         record(*in_flight)
+
+
+def _record_chunk(ctx: Context, evidence: Evidence, ids, valid: int, found, *, compile_later: bool) -> None:
+    """A screened chunk's points and single-rival certificates into ``evidence``; with
+    ``compile_later``, the later stages start compiling once some token needs them."""
+    x, wb, one, U_one = found
+    record_witness(ctx, evidence, ids, valid, x, wb, "screen")
+    record_certificate(ctx, evidence, ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
+    if compile_later and np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
+        ctx.warmup.start()  # some token needs the later stages: compile them meanwhile
+    # Else glibc's arenas keep every freed (batch x C) block; a few times a second bounds
+    # what they hold at a few blocks, for a fraction of a trim per chunk.
+    return_freed_memory(min_interval=TRIM_INTERVAL)
 
 
 def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> bool:
@@ -312,12 +318,8 @@ def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> bool:
         keep = np.flatnonzero(wanted[ids] & ~seen[ids])  # the last block overlaps the one before
         seen[ids] = True
         if keep.size:
-            x, wb, one, U_one = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], found)
-            record_witness(ctx, evidence, ids[keep], keep.size, x, wb, "screen")
-            record_certificate(ctx, evidence, ids[keep], keep.size, one, np.ones((keep.size, 1)), U_one, "screen")
-            if np.any(evidence.verdict[ids[keep]] == UNDECIDED):
-                ctx.warmup.start()
-        return_freed_memory(min_interval=TRIM_INTERVAL)
+            found = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], found)
+            _record_chunk(ctx, evidence, ids[keep], keep.size, found, compile_later=True)
         share = symmetric.work_done(C, symmetric.BLOCKS, index + 1)
         ctx.progress.update(name, round(share * todo.size), todo.size)
 
