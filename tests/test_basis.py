@@ -117,7 +117,9 @@ def test_float_certificate_bound_covers_the_exact_value():
 def test_tampered_basis_certificate_is_refused():
     W, b, token, eps = _planted_head(16, 300, -1e-6, bias=True)
     report = ua.check(W, b)
-    assert report.verdict[token] == UNARGMAXABLE and report.stage[token] == "basis"
+    # A float64 certificate: from the least-squares weights on the first pass's rivals
+    # (stage "screen") since they run before the second pass, else from an optimal basis.
+    assert report.verdict[token] == UNARGMAXABLE and report.stage[token] in ("screen", "basis")
     assert ua.verify(report, W, b).ok
     row = int(np.flatnonzero(np.asarray(report.certificate_ids) == token)[0])
     start, stop = report.certificate_offsets[row], report.certificate_offsets[row + 1]
