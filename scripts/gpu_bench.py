@@ -84,14 +84,15 @@ def pad_check(n: int = 4096, m: int = 256) -> dict:
 
     from unargmax_jax import bounds
 
-    ratios = {}
+    ratios, pairs = {}, adversarial_pairs(n, m).values()
     for name, spec in bounds.ALGORITHMS.items():
         if spec.name == "F64_F64_F64":
             continue
         worst = ieee_worst = 0.0
+        product = jax.jit(lambda a, b, s=spec: bounds.dot(a, b, s))
         try:
-            for X, Y in adversarial_pairs(n, m).values():
-                got = np.asarray(jax.jit(lambda a, b, s=spec: bounds.dot(a, b, s))(jnp.asarray(X), jnp.asarray(Y)), np.float64)
+            for X, Y in pairs:
+                got = np.asarray(product(jnp.asarray(X), jnp.asarray(Y)), np.float64)
                 X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
                 magnitude = np.abs(X64) @ np.abs(Y64)
                 f64_error = n * 2.0 ** -52 * magnitude

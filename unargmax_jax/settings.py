@@ -131,11 +131,11 @@ def for_backend(settings: Settings) -> Settings:
     dtype = "float64" if jax.config.jax_enable_x64 else "float32"
     algorithm = settings.dot_algorithm or bounds.backend_algorithm(dtype=dtype)
     bounds.algorithm_spec(algorithm, dtype)
+    accelerator = jax.default_backend() in FAST_BACKENDS
     fast = settings.bf16_screen
     if fast is None:
-        fast = dtype == "float32" and jax.default_backend() in FAST_BACKENDS
+        fast = dtype == "float32" and accelerator
     elif fast not in (True, False):
         raise ValueError(f"bf16_screen must be True, False or None, got {fast!r}")
-    accelerator = jax.default_backend() in FAST_BACKENDS
     chunk = settings.chunk_size or CHUNK_SIZES["accelerator" if accelerator else "cpu"]
     return settings._replace(dot_algorithm=algorithm, bf16_screen=bool(fast and dtype == "float32"), chunk_size=chunk)

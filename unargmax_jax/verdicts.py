@@ -22,7 +22,8 @@ DECIDED = (ARGMAXABLE, UNARGMAXABLE)
 # The solver's stages, in the order a check runs them; each report keeps its seconds.
 STAGES = ("screen", "ascent", "pdhg", "basis", "rational")
 # Resumable phases (``resume``): the screen runs in two passes (after an optional bfloat16
-# first rung) and a competitor-set pass.
+# first rung), each followed by a competitor-set pass and its least-squares certificates
+# (the first only where those can decide).
 PHASES = ("screen bf16", "screen", "top 1", "screen 2", "top", "ascent", "pdhg", "basis", "rational")
 # A token's ``stage`` in a report: the stage that decided it, or how else it was settled.
 TIE = "tie"  # an exact duplicate row and bias (decided by the twin rule, not a stage)

@@ -214,29 +214,28 @@ def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     passes = (((False, "screen bf16", bounds.FAST_ALGORITHM),) if ctx.settings.bf16_screen else ()) + (
         (False, "screen", full), (True, "screen 2", full))
     for all_candidates, name, algorithm in passes:
-        if all_candidates:
-            _polish_before_second_pass(ctx, evidence, phases)
+        if all_candidates and polish.applies(ctx):
+            # Before the second pass too: a row that a mixture of its rivals at the first
+            # pass's point dominates (a merged, planted or re-initialised token) is decided
+            # in milliseconds of host work, where the second pass and braid would evaluate
+            # the whole head about twenty times for it first.
+            _rivals_and_certificates(ctx, evidence, phases, "top 1")
         started = phases.begin(name, pending(evidence))
         if started is not None:
             _screen_pass(ctx, evidence, phases, name, *started, all_candidates=all_candidates, algorithm=algorithm)
     return_freed_memory()
-    todo = phases.todo("top", pending(evidence))
+    _rivals_and_certificates(ctx, evidence, phases, "top")
+
+
+def _rivals_and_certificates(ctx: Context, evidence: Evidence, phases: Phases, phase: str) -> None:
+    """The pending rows' competitor sets (top-k at their best point), then their
+    least-squares certificates (:mod:`.polish`): rows a mixture of their rivals dominates
+    are decided before any iterative stage. Inside ``phase``: a run resumed later must not
+    polish again (from the polished certificates' rows it can find other bounds:
+    regression, resume not identical)."""
+    todo = phases.todo(phase, pending(evidence))
     _competitor_sets(ctx, evidence, todo)
-    # Rows a mixture of their rivals dominates, decided before any iterative stage. Inside
-    # the "top" phase: a run resumed later must not polish again (from the polished
-    # certificates' rows it can find other bounds: regression, resume not identical).
     polish.run(ctx, evidence, todo, "screen")
-
-
-def _polish_before_second_pass(ctx: Context, evidence: Evidence, phases: Phases) -> None:
-    """Least-squares certificates on the rivals at the first pass's point, for the rows it
-    left open: a row that a mixture of its rivals dominates (a merged, planted or
-    re-initialised token) is decided in milliseconds of host work, where the second pass
-    and braid would evaluate the whole head about twenty times for it first."""
-    if polish.applies(ctx):
-        todo = phases.todo("top 1", pending(evidence))
-        _competitor_sets(ctx, evidence, todo)
-        polish.run(ctx, evidence, todo, "screen")
 
 
 def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, todo, first: int, *,
