@@ -239,7 +239,7 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
     W = rng.normal(size=(613, 7)).astype(np.float32)  # a shape no other test compiles
     W[0] = (W[1] + W[2]) / 2
     plain = checked(W, None, background_compile=False)
-    for kernel in (screen.screen_chunk, ascent.ascent_chunk, pdhg.pdhg_chunk, witness.witness_chunk):
+    for kernel in (screen.screen_chunk, screen.braid_chunk, ascent.ascent_chunk, pdhg.pdhg_chunk, witness.witness_chunk):
         kernel.clear_cache()
     monkeypatch.setattr(warmup, "WARMUP_MIN_FLOPS", 0.0)
     # Regression (CI, loaded machine): the main thread reached ascent before the thread had
@@ -261,9 +261,16 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
         jax.config.update("jax_log_compiles", False)
     compiles = [(r.getMessage().split(" with global shapes")[0], r.getMessage().split("Argument mapping")[0], r.threadName)
                 for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
-    later = [c for c in compiles if c[0] in ("Compiling jit(_ascent_chunk)", "Compiling jit(_pdhg_chunk)")]
-    assert {c[0] for c in later} == {"Compiling jit(_ascent_chunk)", "Compiling jit(_pdhg_chunk)"}
-    assert all(thread == "unargmax-warmup" for _, _, thread in later), [(c[0], c[2]) for c in later]
+    # Regression: the float16 witness re-proof, the competitor sets and braid compiled on
+    # the main thread (in the first pass or after it), and the thread started only once a
+    # chunk had left a token open.
+    names = ("Compiling jit(_ascent_chunk)", "Compiling jit(_pdhg_chunk)", "Compiling jit(_braid_chunk)",
+             "Compiling jit(_top_chunk)")
+    later = [c for c in compiles if c[0] in names]
+    assert {c[0] for c in later} == set(names)
+    assert all(thread == "unargmax-warmup" for _, _, thread in later), [(c[1][:200], c[2]) for c in later]
+    screens = [thread for name, _, thread in compiles if name == "Compiling jit(_screen_chunk)"]
+    assert sorted(screens) == ["MainThread", "unargmax-warmup"], screens  # the first pass's; the second's
     # (The log names shapes, not static arguments; within one check ascent and PDHG keep
     # theirs fixed, so a repeated signature of theirs is a second compile.)
     signatures = [c[1] for c in later]

@@ -202,6 +202,7 @@ def solve_rows(problem: Problem, settings: Settings, *, deadline: float, progres
                        exact_certificates_only=exact_certificates_only)
     evidence = new_evidence(problem.wanted, d, np.float16 if ctx.half else np.dtype(ctx.dtype))
     ctx = ctx._replace(warmup=later_stage_warmup(ctx))
+    ctx.warmup.start()
     phases = Phases(checkpoint, evidence, progress)
     for name, run in PIPELINE:
         began = time.monotonic()

@@ -205,6 +205,17 @@ def second_pass_batch(ctx: Context) -> int:
     return ctx.place.batch(max(1, ctx.batch // 4))
 
 
+COMPETITOR_BATCH = 32
+
+
+def competitor_batch(ctx: Context) -> int:
+    """Tokens per competitor-set kernel: usually few tokens get there, and a small batch
+    keeps top_k's (batch x C) buffers small; one size, so the background compile
+    (:mod:`.warmup`) knows it before screening starts (with thousands of tokens pending
+    a larger batch would save about a third of this stage's products, and cost a compile)."""
+    return ctx.place.batch(min(ctx.batch, COMPETITOR_BATCH))
+
+
 def run(ctx: Context, evidence: Evidence, phases: Phases) -> None:
     """Screen every pending row: its whitened row first (after a bfloat16 rung, when the
     settings ask for one), then every candidate for the rest; before the second pass and
@@ -264,7 +275,7 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
 
     def record(n, ids, valid, found):
         nonlocal done
-        _record_chunk(ctx, evidence, ids, valid, found, compile_later=not rung)
+        _record_chunk(ctx, evidence, ids, valid, found)
         done += valid
         ctx.progress.update(name, done, todo.size)
         phases.save_position(name, n + 1, todo)
@@ -283,15 +294,12 @@ def _screen_pass(ctx: Context, evidence: Evidence, phases: Phases, name: str, to
         record(*in_flight)
 
 
-def _record_chunk(ctx: Context, evidence: Evidence, ids, valid: int, found, *, compile_later: bool) -> None:
-    """A screened chunk's points and single-rival certificates into ``evidence``; with
-    ``compile_later``, the later stages start compiling once some token needs them."""
+def _record_chunk(ctx: Context, evidence: Evidence, ids, valid: int, found) -> None:
+    """A screened chunk's points and single-rival certificates into ``evidence``."""
     x, wb, one, U_one = found
     record_witness(ctx, evidence, ids, valid, x, wb, "screen")
     record_certificate(ctx, evidence, ids, valid, one, np.ones((len(ids), 1)), U_one, "screen")
-    if compile_later and np.any(evidence.verdict[ids[:valid]] == UNDECIDED):
-        ctx.warmup.start()  # some token needs the later stages: compile them meanwhile
-    # Else glibc's arenas keep every freed (batch x C) block; a few times a second bounds
+    # glibc's arenas keep every freed (batch x C) block; a few times a second bounds
     # what they hold at a few blocks, for a fraction of a trim per chunk.
     return_freed_memory(min_interval=TRIM_INTERVAL)
 
@@ -318,7 +326,7 @@ def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> bool:
         seen[ids] = True
         if keep.size:
             found = jax.tree_util.tree_map(lambda a: np.asarray(a)[keep], found)
-            _record_chunk(ctx, evidence, ids[keep], keep.size, found, compile_later=True)
+            _record_chunk(ctx, evidence, ids[keep], keep.size, found)
         share = symmetric.work_done(C, symmetric.BLOCKS, index + 1)
         ctx.progress.update(name, round(share * todo.size), todo.size)
 
@@ -337,9 +345,7 @@ def _symmetric_pass(ctx: Context, evidence: Evidence, name: str, todo) -> bool:
 def _competitor_sets(ctx: Context, evidence: Evidence, todo) -> None:
     """Competitor sets (top-k logits at the best point) only for rows still undecided: a
     top-k over C for every token would cost more than the screen itself."""
-    # Usually few tokens get here: a batch no larger than needed (a power of two, so few
-    # compiled shapes) keeps top_k's (batch x C) buffers small.
-    size = ctx.place.batch(int(min(ctx.batch, 1 << max(3, int(todo.size - 1).bit_length()))))
+    size = competitor_batch(ctx)
     for ids, valid in chunks(todo, size):
         if ctx.expired():
             break

@@ -2,9 +2,10 @@
 
 The later stages of a check (screen 2, ascent, PDHG) each compile a kernel of a few
 hundred milliseconds to seconds the first time they run. Their shapes are fixed before
-screening starts, so they can be compiled while the screen's products run: on an
-accelerator the host is idle then, and on a CPU the compiler takes one thread while the
-matrix products use the rest. ``jit(f).lower(*args).compile()`` fills the same cache
+screening starts, so they are compiled from the check's start: while the host does
+single-threaded work (the twins, whitening, the first pass's own compile) a second core
+is free, and later on an accelerator the host is idle, on a CPU the compiler takes one
+thread while the matrix products use the rest. ``jit(f).lower(*args).compile()`` fills the same cache
 that a later call ``f(*args)`` with arguments of the same shapes, dtypes and shardings
 looks in, so that call does not compile again.
 """
@@ -62,26 +63,36 @@ class Warmup:
 def later_stage_warmup(ctx: Context) -> Warmup:
     """Compile jobs for the kernels the stages after the first screening pass call, with
     arguments of exactly the shapes, dtypes and placement of the real calls (so those find
-    them compiled). Only worth a compiler thread when the first pass runs longer than
-    compiling takes (about 2 C^2 d flops against a few seconds); otherwise no jobs."""
+    them compiled), in the order the check first needs them: the float16 witness re-proof
+    (during the first pass), the competitor sets, the second pass and braid, ascent, PDHG.
+    Only worth a compiler thread when the first pass runs longer than compiling takes
+    (about 2 C^2 d flops against a few seconds); otherwise no jobs."""
     U, d = ctx.W.shape
     if not ctx.settings.background_compile or 2.0 * U * U * d < WARMUP_MIN_FLOPS:
         return Warmup([])
-    place, n, k = ctx.place, ctx.hard_batch, ctx.competitors
-    ids = place.split(np.zeros(n, np.int64))
-    support = place.split(np.zeros((n, k), np.int32))
-    x = place.split(np.zeros((n, d)), ctx.dtype)
-    ascent_call = ascent.batch_kernel(ctx)
-    screen_ids = place.split(np.zeros(screen.second_pass_batch(ctx), np.int64))
-    jobs = [
-        lambda: screen.screen_chunk.lower(ctx.head, screen_ids, ctx.device_domain, ctx.key, all_candidates=True,
-                                          half=ctx.half, algorithm=ctx.settings.dot_algorithm).compile(),
-        lambda: ascent_call.func.lower(ctx.head, ids, support, x, ctx.device_domain, **ascent_call.keywords).compile(),
-        _pdhg_job(ctx, n),
-    ]
+    place, n, k, algorithm = ctx.place, ctx.hard_batch, ctx.competitors, ctx.settings.dot_algorithm
+
+    def split(shape, dtype):
+        return place.split(np.zeros(shape, dtype))
+
+    ids, x = split(n, np.int64), split((n, d), ctx.dtype)
+    jobs = []
     if ctx.half:
-        jobs.append(lambda: witness_chunk.lower(ctx.head, ids, x, num_top=0,
-                                                algorithm=ctx.settings.dot_algorithm).compile())
+        jobs.append(lambda: witness_chunk.lower(ctx.head, ids, x, num_top=0, algorithm=algorithm).compile())
+    top = screen.competitor_batch(ctx)
+    jobs.append(lambda: witness_chunk.lower(ctx.head, split(top, np.int64), split((top, d), ctx.dtype), num_top=k,
+                                            algorithm=algorithm).compile())
+    second = screen.second_pass_batch(ctx)
+    jobs.append(lambda: screen.screen_chunk.lower(ctx.head, split(second, np.int64), ctx.device_domain, ctx.key,
+                                                  all_candidates=True, half=ctx.half, algorithm=algorithm).compile())
+    if ctx.settings.braid_steps:
+        jobs.append(lambda: screen.braid_chunk.lower(ctx.head, split(second, np.int64), split((second, d), ctx.dtype),
+                                                     ctx.device_domain, num_top=0, steps=ctx.settings.braid_steps,
+                                                     algorithm=algorithm).compile())
+    ascent_call = ascent.batch_kernel(ctx)
+    jobs.append(lambda: ascent_call.func.lower(ctx.head, ids, split((n, k), np.int32), x, ctx.device_domain,
+                                               **ascent_call.keywords).compile())
+    jobs.append(_pdhg_job(ctx, n))
     tail = pdhg.tail_slots(ctx)
     if tail != n:
         jobs.append(_pdhg_job(ctx, tail))
