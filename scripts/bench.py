@@ -126,20 +126,16 @@ def reset_peak_rss() -> bool:
 
 
 PROBE = r"""
-import resource, runpy, sys
+import resource, sys
 sys.argv = ["unargmax"] + sys.argv[1:]
-code = 0
+from unargmax_jax.cli import exit_now, main
+code = main()
 try:
-    runpy.run_module("unargmax_jax", run_name="__main__")
-except SystemExit as done:
-    code = done.code
-finally:
-    try:
-        peak = next(float(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-    except (OSError, StopIteration):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak-rss-mb {peak:.1f}", file=sys.stderr)
-sys.exit(code)
+    peak = next(float(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(f"peak-rss-mb {peak:.1f}", file=sys.stderr)
+exit_now(code)  # as the ``unargmax`` command ends
 """  # peak_rss_mb, inline: the CLI's start-up is part of what is timed
 
 

@@ -328,6 +328,15 @@ def test_module_entry_point(tmp_path):
     done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(tmp_path / "x"),
                            "--domain", "box:1,0"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.startswith("unargmax: error: bad domain") and not (tmp_path / "x").exists()
+    # The process ends without the interpreter's teardown (cli.exit_now): the exit code of
+    # --fail-on, every line printed to a pipe and every report file still arrive.
+    done = subprocess.run([sys.executable, "-m", "unargmax_jax", "check", "--example", "--out", str(tmp_path / "f"),
+                           "--quiet", "--fail-on", "unargmaxable"], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.rstrip().splitlines()[-2:] == [
+        f"report written to {tmp_path / 'f'}: report.json, certificates.npz (evidence), tokens.csv, summary.md, "
+        "margins.png", "failing: 7 unargmaxable token(s) (--fail-on unargmaxable)"], done.stdout
+    assert main(["verify", str(tmp_path / "f"), "--weights", str(example_head_path())]) == 0
 
 
 def test_time_limit_leaves_tokens_undecided_and_fail_on_undecided(tmp_path, capsys):

@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import threading
 
 import numpy as np
 
@@ -166,6 +167,23 @@ def _symlog_edges(values: np.ndarray, linthresh: float, bins: int) -> np.ndarray
         lo, hi = lo - 0.5, hi + 0.5
     edges = np.linspace(lo, hi, bins + 1)
     return np.sign(edges) * linthresh * (10 ** np.abs(edges) - 1)
+
+
+def import_matplotlib_in_background() -> None:
+    """Import what :func:`margins_png` needs on a daemon thread (about 0.3 s of imports):
+    started before a long check, whose kernels leave the interpreter idle, the report's
+    plot finds it imported (the import lock makes it wait for the thread if need be)."""
+    def load():
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from matplotlib.backends import backend_agg  # noqa: F401
+            from matplotlib.figure import Figure  # noqa: F401
+        except Exception:  # noqa: BLE001 - margins_png itself handles a missing or broken matplotlib
+            return
+
+    threading.Thread(target=load, name="unargmax-matplotlib", daemon=True).start()
 
 
 def margins_png(report, *, bins: int = 60) -> bytes | None:

@@ -11,7 +11,9 @@ Library use: :func:`check_head` runs a check on a loaded head as the command doe
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import NoReturn
 
 from .check import PARTIAL_FILE as PARTIAL_FILE
 from .check import check_head as check_head
@@ -49,3 +51,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.stdout.flush()
         sys.stdout = stdout
+
+
+def run() -> NoReturn:
+    """The process entry point (``unargmax``, ``python -m unargmax_jax``): :func:`main`,
+    then :func:`exit_now` with its code."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once its output is out: streams flushed, logging shut
+    down, but without the interpreter's teardown, where JAX frees every compiled kernel
+    and device buffer one by one (0.3-0.5 s after a SmolLM2 check, on every run). Every
+    file the command writes is closed (and renamed into place) before it returns. A
+    process of a multi-process run exits normally: it leaves the coordinator at exit."""
+    import logging
+
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        sys.exit(code)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)

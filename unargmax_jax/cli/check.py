@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import domains as dom
-from .. import engine
+from .. import engine, render
 from ..ceiling import ceilings
 from ..distributed import gather_reports, initialize, token_share
 from ..heads import NORM_NAMES, example_head_path
@@ -103,6 +103,8 @@ def run_check(args: argparse.Namespace) -> int:
     if selected is not None and process == 0:
         print(describe(selected, ids=args.tokens, regex=args.tokens_regex, script=args.script)
               + "; the rest are reported as skipped")
+    if process == 0:
+        render.import_matplotlib_in_background()  # for margins.png, while the check runs
     steps = args.ceiling_steps if args.ceiling else None
     if args.distributed:
         report, partial = _check_share(head, domain, settings, selected, out, process, processes,
