@@ -1,6 +1,6 @@
 """A Llama-shaped synthetic head checked on the default accelerator, against its own products.
 
-    scripts/gpu_bench.sh [--shape 128256,4096] [--sample 256] [--cpu-report DIR]
+    scripts/gpu_bench.sh [--shape 128256,4096] [--sample 256] [--cpu-report DIR] [--skip-pads] [--profile N]
 
 Runs from the checkout with what is installed (no network). Prints:
 
@@ -130,6 +130,9 @@ def parse(argv=None):
     parser.add_argument("--sample", type=int, default=256, help="tokens the CPU check decides for comparison")
     parser.add_argument("--cpu-report", help="a stored CPU report directory of the same head instead of a CPU check")
     parser.add_argument("--skip-pads", action="store_true", help="skip the dot algorithms' pad check")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="run the compiled check under cProfile and print its N costliest functions (own time "
+                             "and cumulative): where the host spends a check's time")
     parser.add_argument("--cpu-tokens", help=argparse.SUPPRESS)  # internal: the CPU side
     return parser.parse_args(argv)
 
@@ -171,8 +174,35 @@ def main(argv=None) -> int:
               f"{', '.join(f'{k} {v:.1f}' for k, v in again.stage_seconds.items())}); "
               + ", ".join(f"{compiled / p:.2f}x the {n} product" for n, p in products.items())
               + ("" if np.array_equal(again.verdict, report.verdict) else "; VERDICTS DIFFER from the first run"))
+    if args.profile:
+        profile_check(W, b, args.profile)
     agree = compare(args, report)
     return agree or (0 if pads_hold else 1)
+
+
+def profile_check(W, b, top: int) -> None:
+    """The check once more (compiled) under cProfile: the ``top`` functions by own time and
+    by cumulative time. Time spent waiting for the device shows up in the call that blocks
+    (``block_until_ready``, ``np.asarray`` of a device array); the rest is host work."""
+    import cProfile
+    import io
+    import pstats
+
+    import unargmax_jax as ua
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    ua.check(W, b)
+    profiler.disable()
+    print(f"profiled check: {time.perf_counter() - start:.1f} s (cProfile adds to Python-heavy parts)")
+    for key in ("tottime", "cumulative"):
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(key).print_stats(top)
+        lines = text.getvalue().splitlines()
+        first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("ncalls"))
+        print(f"-- by {key}:")
+        print("\n".join(line.replace(str(REPO) + "/", "") for line in lines[first:] if line.strip()))
 
 
 def compare(args, report) -> int:
