@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import unargmax_jax as ua
 from unargmax_jax import domains as dom
-from unargmax_jax.solve import screen, symmetric
+from unargmax_jax.solve import symmetric, whitening
 from unargmax_jax.solve.context import DeviceHead, domain_on_device
 from unargmax_jax.trained import trained_head
 
@@ -22,7 +22,7 @@ SMALL = symmetric.Blocks(rows=8, columns=16, group=8)
 
 
 def _device_head(W, b):
-    mean, precision = screen.whitening(W)
+    mean, precision = whitening.on_host(W)
     Wj = jnp.asarray(W)
     return DeviceHead(Wj, jnp.asarray(b), jnp.linalg.norm(Wj, axis=1), jnp.asarray(mean, jnp.float32),
                       jnp.asarray(precision, jnp.float32))

@@ -198,7 +198,7 @@ def solve_rows(problem: Problem, settings: Settings, *, deadline: float, progres
     U, d = W.shape
     if U == 1:
         return _lone_row(problem, settings)
-    ctx = make_context(W, b, domain, settings, whitening=screen.whitening(W), deadline=deadline, progress=progress,
+    ctx = make_context(W, b, domain, settings, deadline=deadline, progress=progress,
                        exact_certificates_only=exact_certificates_only)
     evidence = new_evidence(problem.wanted, d, np.float16 if ctx.half else np.dtype(ctx.dtype))
     ctx = ctx._replace(warmup=later_stage_warmup(ctx))

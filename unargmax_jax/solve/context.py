@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import domains as dom
 from ..settings import Settings, for_backend
+from . import whitening
 from .progress import Progress
 
 
@@ -69,7 +70,7 @@ class DeviceHead(NamedTuple):
     W: jax.Array
     b: jax.Array
     norms: jax.Array
-    mean: jax.Array  # row mean and regularised inverse row covariance (screen.whitening)
+    mean: jax.Array  # row mean and regularised inverse row covariance (whitening.py)
     precision: jax.Array
 
 
@@ -163,18 +164,21 @@ class Context(NamedTuple):
         return time.monotonic() > self.deadline
 
 
-def make_context(W: np.ndarray, b: np.ndarray | None, domain: dom.Domain, settings: Settings, *, whitening,
-                 deadline: float, progress: Progress, exact_certificates_only: bool) -> Context:
+def make_context(W: np.ndarray, b: np.ndarray | None, domain: dom.Domain, settings: Settings, *, deadline: float,
+                 progress: Progress, exact_certificates_only: bool, whiten_on_device: bool | None = None) -> Context:
     """Put the head on the device(s) and derive the run's sizes and tolerances from ``settings``.
 
-    ``whitening`` is the rows' ``(mean, precision)`` from :func:`screen.whitening`.
+    The rows' whitening (:mod:`.whitening`) is estimated on the host for a CPU backend and
+    on the device holding the head otherwise (``whiten_on_device`` overrides).
     """
     U, d = W.shape
     dtype = device_dtype()
     settings = for_backend(settings)  # the dot algorithm and the bf16 rung, if not yet chosen
     place = Placement(settings.shard)
-    mean, precision = whitening
     W_device = on_device(W, dtype)
+    if whiten_on_device is None:
+        whiten_on_device = jax.default_backend() != "cpu"
+    mean, precision = whitening.on_device(W_device) if whiten_on_device else whitening.on_host(W)
     head = DeviceHead(W_device, jnp.asarray(np.zeros(U) if b is None else b, dtype),
                       jnp.linalg.norm(W_device, axis=1), jnp.asarray(mean, dtype), jnp.asarray(precision, dtype))
     device_domain = place.replicate(domain_on_device(domain, dtype))

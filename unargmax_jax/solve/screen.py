@@ -41,35 +41,6 @@ from .evidence import (
 from .witness import witness_chunk
 
 
-def whitening(W, *, block: int = 2048, ridge: float = 1e-3, rows_per_dim: int = 16):
-    """Row mean and regularised inverse row covariance of W, estimated on the host.
-
-    :math:`P = (\\Sigma + \\rho\\,\\mathrm{tr}(\\Sigma)/d\\,I)^{-1}`; the ridge keeps P finite
-    when C <= d or rows are collinear. P only chooses the screen's starting directions (no
-    bound rests on it), so it is estimated from at most ``rows_per_dim`` x d evenly spaced
-    rows, in float32 row blocks (mean and inverse in float64): on a 128256 x 4096 head the
-    float64 Gram matrix of every row would be about 7% of the all-pairs product's FLOPs
-    (an estimate from the counts, not a measurement).
-    """
-    C, d = W.shape
-    rows = np.arange(C) if C <= rows_per_dim * d else np.linspace(0, C - 1, rows_per_dim * d).astype(np.int64)
-    n = rows.size
-    mean = np.zeros(d)
-    for start in range(0, n, block):
-        mean += np.asarray(W[rows[start:start + block]], np.float64).sum(axis=0)
-    mean /= n
-    gram = np.zeros((d, d))
-    for start in range(0, n, block):
-        centred = (np.asarray(W[rows[start:start + block]], np.float64) - mean).astype(np.float32)
-        gram += centred.T @ centred
-    cov = gram / n
-    scale = np.trace(cov) / d
-    if not np.isfinite(scale) or scale <= 0:
-        return mean, np.eye(d)
-    precision = np.linalg.inv(cov + ridge * scale * np.eye(d))
-    return mean, precision / np.max(np.abs(precision))
-
-
 def whitened_directions(rows: Float[Array, "n d"], mean: Float[Array, " d"],
                         precision: Float[Array, "d d"]) -> Float[Array, "n d"]:
     """:math:`v_i = P(w_i - \\mu)`, the direction along which row i wins in whitened coordinates."""
