@@ -130,7 +130,8 @@ def _block(C: int, B: int, index):
     return jnp.minimum(index * B, C - B)
 
 
-def _prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm):
+def _prepare_blocks(head: DeviceHead, domain, indices, *, blocks: Blocks, algorithm):
+    """Per row of the row blocks ``indices``: its scale, K, norm and beta, shape (len, B) each."""
     W = head.W
     C, d = W.shape
     B = blocks.rows
@@ -145,9 +146,18 @@ def _prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm):
         beta = bounds.row_dot(rows, jnp.broadcast_to(centre, rows.shape), spec)
         return scale, kappa + jnp.linalg.norm(Q, axis=1), jnp.linalg.norm(rows, axis=1), beta
 
-    count = -(-C // B)
-    scale, K, norm, beta = jax.lax.map(one, jnp.arange(count))
-    ids = jax.vmap(lambda i: _block(C, B, i) + jnp.arange(B))(jnp.arange(count)).reshape(-1)
+    return jax.lax.map(one, indices)
+
+
+prepare_blocks = jax.jit(_prepare_blocks, static_argnames=("blocks", "algorithm"))
+
+
+def _rows(head: DeviceHead, scale, K, norm, beta, *, blocks: Blocks):
+    """:class:`Rows` from every row block's (scale, K, norm, beta), shape (blocks, B) each."""
+    W = head.W
+    C = W.shape[0]
+    B = blocks.rows
+    ids = jax.vmap(lambda i: _block(C, B, i) + jnp.arange(B))(jnp.arange(scale.shape[0])).reshape(-1)
 
     def spread(a):
         return jnp.zeros(C, W.dtype).at[ids].set(a.reshape(-1))
@@ -157,7 +167,26 @@ def _prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm):
                 jnp.max(jnp.abs(head.b)), jnp.max(jnp.sum(jnp.abs(head.precision), axis=1)))
 
 
-prepare = jax.jit(_prepare, static_argnames=("blocks", "algorithm"))
+rows_of_blocks = jax.jit(_rows, static_argnames=("blocks",))
+PREPARE_PIECE = 32  # row blocks per call: a progress update every 32 B rows (3 d^2 B multiply-adds each)
+
+
+def prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm, progress=None) -> Rows:
+    """What every row block needs from every other (:class:`Rows`), a piece of row blocks
+    per call; ``progress(rows_done, rows)`` after each (at 128256 x 4096 on two CPU cores
+    the pass takes about two minutes before the first block)."""
+    C = head.W.shape[0]
+    count = blocks_for(C, blocks)
+    pieces = []
+    for first in range(0, count, PREPARE_PIECE):
+        indices = np.minimum(np.arange(first, first + PREPARE_PIECE), count - 1)  # the last piece repeats a block
+        pieces.append(prepare_blocks(head, domain, jnp.asarray(indices, jnp.int32), blocks=blocks,
+                                     algorithm=algorithm))
+        if progress is not None:
+            jax.block_until_ready(pieces[-1])
+            progress(min(C, (first + PREPARE_PIECE) * blocks.rows), C)
+    parts = [jnp.concatenate(part)[:count] for part in zip(*pieces)]
+    return rows_of_blocks(head, *parts, blocks=blocks)
 
 
 def pad(spec, d: int, dtype, *, n_max, k_max, beta_max, b_max, c_norm, p_rowsum, w_norm, K, q_norm, s, x_norm):
@@ -298,7 +327,8 @@ def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
     each block's kernel is dispatched before the previous block's results are handed on."""
     C = ctx.W.shape[0]
     algorithm = ctx.settings.dot_algorithm
-    pre = prepare(ctx.head, ctx.device_domain, blocks=blocks, algorithm=algorithm)
+    pre = prepare(ctx.head, ctx.device_domain, blocks=blocks, algorithm=algorithm,
+                  progress=lambda done, total: ctx.progress.update("prepare", done, total))
     carry = Carry(jnp.full(C, -jnp.inf, ctx.dtype), jnp.zeros(C, jnp.int32))
     for index in range(blocks_for(C, blocks)):
         if ctx.expired():
