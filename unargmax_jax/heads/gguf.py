@@ -23,7 +23,7 @@ from .._memory import return_freed_memory
 from ._gguf_header import GgufHeader, read_header
 from .formats import _Entry, _Format, _row_blocks
 from .names import GGUF_BIAS_NAMES, GGUF_WEIGHT_NAMES
-from .validate import HeadError
+from .validate import HeadError, aligned_empty
 
 # What a damaged GGUF file makes the gguf reader raise (it parses untrusted bytes).
 _GGUF_READ_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, OSError)
@@ -89,11 +89,14 @@ class _GgufFile(_Format):
     def read(self, name: str) -> np.ndarray:
         tensor, shape = self._tensors[name], self.entries[name].shape
         kind = tensor.tensor_type.name
+        # Into 64-byte aligned memory: validation would copy the head once more otherwise.
         if kind in _GGUF_UNQUANTISED:
-            return np.array(tensor.data).reshape(shape)
+            out = aligned_empty(tensor.data.shape, tensor.data.dtype)
+            out[...] = tensor.data
+            return out.reshape(shape)
         width = shape[-1] if shape else 1
         rows = tensor.data.reshape(-1, tensor.data.shape[-1]) if tensor.data.ndim else tensor.data.reshape(1, 1)
-        out = np.empty((rows.shape[0], width), np.float32)
+        out = aligned_empty((rows.shape[0], width), np.float32)
         for start, stop in _row_blocks((rows.shape[0], width)):
             try:
                 out[start:stop] = self._dequantize(rows[start:stop], tensor.tensor_type)
