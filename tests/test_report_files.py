@@ -116,3 +116,21 @@ def test_closest_to_boundary_orders_by_distance(report):
     decided = np.flatnonzero(np.isin(report.verdict, (1, -1)))
     everyone = np.where(report.verdict[decided] == 1, report.lower[decided], -report.upper[decided])
     assert distance.max() <= np.sort(everyone)[4]
+
+
+@pytest.mark.parametrize("rows,bias", [(1, False), (1500, True), (4097, False)])
+def test_head_sha256_is_the_sha256_of_the_float64_head(rows, bias):
+    # The digest keys checkpoints and names the head in every report: hashed a block at a
+    # time from the blocks' buffers, it must stay sha256("W(shape)" + W as float64 + ...).
+    import hashlib
+
+    from unargmax_jax.report import head_sha256
+
+    rng = np.random.default_rng(rows)
+    W = rng.normal(size=(rows, 3)).astype(np.float32)
+    b = rng.normal(size=rows).astype(np.float16) if bias else None
+    text = f"W{W.shape}".encode() + W.astype(np.float64).tobytes()
+    if bias:
+        text += f"b{b.shape}".encode() + b.astype(np.float64).tobytes()
+    assert head_sha256(W, b) == hashlib.sha256(text).hexdigest()
+    assert head_sha256(np.asfortranarray(W), b) == head_sha256(W, b)
