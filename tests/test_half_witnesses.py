@@ -97,3 +97,23 @@ def test_a_margin_rounding_would_lose_keeps_its_float32_witness(eps):
     x = report.witness(token)
     assert not np.array_equal(x.astype(np.float16).astype(np.float32), x)  # really not a float16 point
     assert ua.verify(report, W, None).ok
+
+
+@pytest.mark.parametrize("eps", [5e-5, 3e-5])
+def test_rounding_on_an_accelerator_gives_the_same_report(eps, monkeypatch):
+    # On GPU/TPU the float16 rounding and the rows it leaves unchanged come from the device
+    # (evidence._half_on_device); run that path here and compare with the host's.
+    from unargmax_jax.solve import evidence
+
+    W = _thin_cone_head(eps)
+    host = ua.check(W, None, ua.Box(-1.0, 1.0))
+    monkeypatch.setattr(evidence, "_rounds_on_device", lambda x: isinstance(x, evidence.jax.Array))
+    calls = []
+    original = evidence._half_on_device
+    monkeypatch.setattr(evidence, "_half_on_device", lambda x: calls.append(1) or original(x))
+    device = ua.check(W, None, ua.Box(-1.0, 1.0))
+    assert calls
+    for field in ("verdict", "lower", "upper", "stage", "witness_ids"):
+        np.testing.assert_array_equal(getattr(device, field), getattr(host, field), err_msg=field)
+    np.testing.assert_array_equal(device.witnesses, host.witnesses)
+    assert ua.verify(device, W, None).ok

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ..verdicts import ARGMAXABLE, NOT_DECIDED, SKIPPED, STAGES, UNARGMAXABLE, UNDECIDED
@@ -87,46 +89,70 @@ def start_points(ctx: Context, evidence: Evidence, ids) -> np.ndarray:
     return x
 
 
+@jax.jit
+def _half_on_device(x):
+    """x rounded to float16, and which rows that leaves unchanged."""
+    half = x.astype(jnp.float16)
+    return half, jnp.all(half.astype(x.dtype) == x, axis=1)
+
+
+def _rounds_on_device(x) -> bool:
+    return isinstance(x, jax.Array) and jax.default_backend() != "cpu"
+
+
+def _half(x):
+    """(x in float16, (n,) whether each row is exactly that): on an accelerator computed
+    there and half the bytes come back (NumPy's float16 casts on a GPU's host took about a
+    fifth of a check); on CPU in NumPy (as fast, and no kernel per batch shape to compile)."""
+    if _rounds_on_device(x):
+        half, exact = _half_on_device(x)
+        return np.asarray(half), np.asarray(exact)
+    x = np.asarray(x)
+    half = x.astype(np.float16)
+    return half, np.all(half.astype(x.dtype) == x, axis=1)
+
+
 def _halved(ctx: Context, ids, x, L):
-    """Witness points rounded to float16 where that keeps a positive margin (re-proved
-    at the rounded point), and which rows keep their float32 point: those whose margin
-    rounding would lose, and undecided ones (the next stage warm-starts from them)."""
-    rounded = x.astype(np.float16).astype(x.dtype)
-    differs = np.any(rounded != x, axis=1)
-    decided = differs & (L > 0)
-    take = np.zeros_like(differs)
-    rows = np.flatnonzero(decided)
+    """The witness points as the float16 table stores them: rounded, where that keeps a
+    positive margin (re-proved at the rounded point); the rows that keep their float32
+    point (as float64, for ``exact_witness``): those whose margin rounding would lose, and
+    undecided ones (the next stage warm-starts from them). Returns (table rows, L, wide)."""
+    half, exact = _half(x)
+    take = np.zeros(exact.shape, bool)
+    rows = np.flatnonzero(~exact & (L > 0))
     L = L.copy()
     size = ctx.hard_batch
     for start in range(0, rows.size, size):  # one batch shape for every stage: one compile
         part = rows[start:start + size]
         padded = np.concatenate([part, np.full(size - part.size, part[0])])
         L_rounded = np.asarray(witness_chunk(ctx.head, ctx.place.split(ids[padded]),
-                                             ctx.place.split(rounded[padded], ctx.dtype), num_top=0,
+                                             ctx.place.split(half[padded], ctx.dtype), num_top=0,
                                              algorithm=ctx.settings.dot_algorithm).lower,
                                np.float64)[:part.size]
         take[part] = L_rounded > 0
         L[part[take[part]]] = L_rounded[take[part]]
-    return np.where(take[:, None], rounded, x), L, differs & ~take
+    wide = np.flatnonzero(~exact & ~take)
+    points = np.asarray(x)[wide].astype(np.float64) if wide.size else ()
+    return half, L, dict(zip(wide.tolist(), points))
 
 
 def record_witness(ctx: Context, evidence: Evidence, ids, valid: int, x, bounds, stage: str) -> None:
     """Keep each row's point x where its proved lower bound beats the best so far; a
     positive one decides the row. ``bounds`` is a :class:`~unargmax_jax.bounds.WitnessBounds`
     of the batch (its ``top`` columns become the rows' competitor candidates)."""
-    x = np.asarray(x)
     L = np.asarray(bounds.lower, np.float64)
-    keep_wide = np.zeros(len(ids), bool)
     if ctx.half:
-        x, L, keep_wide = _halved(ctx, ids, x, L)
-    ids, x, L, keep_wide = ids[:valid], x[:valid], L[:valid], keep_wide[:valid]
+        table, L, wide = _halved(ctx, ids, x, L)
+    else:
+        table, wide = np.asarray(x), {}
+    ids, table, L = ids[:valid], table[:valid], L[:valid]
     improve = L > evidence.lower[ids]
     evidence.lower[ids] = np.where(improve, L, evidence.lower[ids])
-    evidence.witness[ids[improve]] = x[improve]
+    evidence.witness[ids[improve]] = table[improve]
     if ctx.half:
         for r in np.flatnonzero(improve):
-            if keep_wide[r]:
-                evidence.exact_witness[int(ids[r])] = x[r].astype(np.float64)
+            if r in wide:
+                evidence.exact_witness[int(ids[r])] = wide[r]
             else:
                 evidence.exact_witness.pop(int(ids[r]), None)
     newly = (L > 0) & (evidence.verdict[ids] == UNDECIDED)
