@@ -68,7 +68,7 @@ def exit_now(code: int) -> NoReturn:
     import logging
 
     jax = sys.modules.get("jax")
-    if jax is not None and jax.distributed.is_initialized():
+    if jax is not None and getattr(jax.distributed, "is_initialized", lambda: False)():
         sys.exit(code)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
