@@ -280,7 +280,8 @@ def decide_groups(ctx: Context, evidence: Evidence) -> None:
     every undecided row (:func:`share_certificate`). Groups of rare classes that training
     barely moved are common (thousands of rows within float32 rounding of each other in an
     OCR head); first-order iterations cannot separate their margins, one LP decides them all."""
-    if not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only:
+    if (not isinstance(ctx.domain, dom.Box) or ctx.settings.basis_rounds <= 0 or ctx.exact_certificates_only
+            or ctx.expired()):
         return
     if margins_floor_at_zero(ctx):
         # No float certificate can decide a row, so a shared one never does (regression:

@@ -73,14 +73,28 @@ class Vertices:
         return self.near([row]).get(row)
 
 
-def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6) -> list:
+PROBES = 8  # columns whose grid values pre-group the rows (a group agrees in every column)
+
+
+def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6,
+                          block: int = 4096) -> list:
     """Groups (of at least two) of rows among ``ids`` whose weights and bias agree to
     ``relative`` times the head's largest entry, largest group first: rows snapped to that
-    grid and compared exactly (rows near a grid line may fall into two groups)."""
+    grid and compared exactly (rows near a grid line may fall into two groups). Only rows
+    whose snapped bias and 8 snapped columns match another's are compared whole (sorting
+    every whole float64 row took 14 s for 61485 rows at d = 2048)."""
+    if ids.size < 2:
+        return []
+    largest = max([float(np.max(np.abs(b64[ids])))] + [float(np.max(np.abs(W[ids[s:s + block]])))
+                                                       for s in range(0, ids.size, block)])
+    step = relative * max(largest, 1e-300)
+    columns = np.unique(np.linspace(0, W.shape[1] - 1, min(W.shape[1], PROBES)).astype(np.int64))
+    probe = np.round(np.c_[np.asarray(W[:, columns][ids], np.float64), b64[ids]] / step)
+    _, key, key_counts = np.unique(probe, axis=0, return_inverse=True, return_counts=True)
+    ids = ids[key_counts[key.ravel()] > 1]
     if ids.size < 2:
         return []
     rows = np.c_[np.asarray(W[ids], np.float64), b64[ids]]
-    step = relative * max(float(np.max(np.abs(rows))), 1e-300)
     _, group, counts = np.unique(np.round(rows / step), axis=0, return_inverse=True, return_counts=True)
     group = group.ravel()
     order = np.argsort(-counts, kind="stable")
