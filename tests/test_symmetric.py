@@ -239,3 +239,14 @@ def test_prepare_in_pieces_gives_the_same_rows_and_reports_its_progress(monkeypa
             np.testing.assert_array_equal(np.asarray(a), np.asarray(c), err_msg=name)
         assert seen[-1] == (203, 203) and [d for d, _ in seen] == sorted(d for d, _ in seen)
         assert len(seen) == -(-symmetric.blocks_for(203, SMALL) // piece)
+
+
+def test_prepare_stops_when_the_time_is_up(monkeypatch):
+    # Regression: the pre-pass ran to its end past --max-seconds (minutes on a large head).
+    monkeypatch.setattr(symmetric, "PREPARE_PIECE", 2)
+    rng = np.random.default_rng(6)
+    W, b = rng.normal(size=(100, 4)).astype(np.float32), rng.normal(size=100).astype(np.float32)
+    seen = []
+    rows = symmetric.prepare(_device_head(W, b), _domain("box", 4), blocks=SMALL, algorithm="F32_F32_F32",
+                             progress=lambda done, total: seen.append(done), expired=lambda: len(seen) >= 3)
+    assert rows is None and seen == [16, 32, 48]

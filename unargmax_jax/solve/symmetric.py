@@ -171,10 +171,11 @@ rows_of_blocks = jax.jit(_rows, static_argnames=("blocks",))
 PREPARE_PIECE = 32  # row blocks per call: a progress update every 32 B rows (3 d^2 B multiply-adds each)
 
 
-def prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm, progress=None) -> Rows:
+def prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm, progress=None, expired=None) -> Rows | None:
     """What every row block needs from every other (:class:`Rows`), a piece of row blocks
     per call; ``progress(rows_done, rows)`` after each (at 128256 x 4096 on two CPU cores
-    the pass takes about two minutes before the first block)."""
+    the pass takes about two minutes before the first block). None once ``expired()``
+    says the check's time is up (checked after each piece)."""
     C = head.W.shape[0]
     count = blocks_for(C, blocks)
     pieces = []
@@ -182,9 +183,12 @@ def prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm, progress=Non
         indices = np.minimum(np.arange(first, first + PREPARE_PIECE), count - 1)  # the last piece repeats a block
         pieces.append(prepare_blocks(head, domain, jnp.asarray(indices, jnp.int32), blocks=blocks,
                                      algorithm=algorithm))
-        if progress is not None:
+        if progress is not None or expired is not None:
             jax.block_until_ready(pieces[-1])
+        if progress is not None:
             progress(min(C, (first + PREPARE_PIECE) * blocks.rows), C)
+        if expired is not None and expired():
+            return None
     parts = [jnp.concatenate(part)[:count] for part in zip(*pieces)]
     return rows_of_blocks(head, *parts, blocks=blocks)
 
@@ -327,8 +331,10 @@ def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
     each block's kernel is dispatched before the previous block's results are handed on."""
     C = ctx.W.shape[0]
     algorithm = ctx.settings.dot_algorithm
-    pre = prepare(ctx.head, ctx.device_domain, blocks=blocks, algorithm=algorithm,
+    pre = prepare(ctx.head, ctx.device_domain, blocks=blocks, algorithm=algorithm, expired=ctx.expired,
                   progress=lambda done, total: ctx.progress.update("prepare", done, total))
+    if pre is None:
+        return
     carry = Carry(jnp.full(C, -jnp.inf, ctx.dtype), jnp.zeros(C, jnp.int32))
     for index in range(blocks_for(C, blocks)):
         if ctx.expired():
