@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 
 
-PROBES = 8  # columns whose bits pre-group the rows (twins agree in every column)
+PROBES = 8  # columns whose values pre-group the rows (twins and near-twins agree in every column)
 
 
 def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -26,18 +26,28 @@ def find_twins(W: np.ndarray, b: np.ndarray | None, *, block: int = 1024) -> tup
     head took 7 s; a trained head has almost no key collisions.)
     """
     C, d = W.shape
-    columns = np.unique(np.linspace(0, d - 1, min(d, PROBES)).astype(np.int64))
-    parts = [_canonical(np.asarray(W[:, columns])).view(np.uint8).reshape(C, -1)]
+    parts = [_canonical(np.asarray(W[:, probe_columns(d)])).view(np.uint8).reshape(C, -1)]
     if b is not None:
         parts.append(_canonical(np.asarray(b).reshape(C, 1)).view(np.uint8).reshape(C, -1))
-    key = np.ascontiguousarray(np.concatenate(parts, axis=1))
-    _, group, counts = np.unique(key.view(np.dtype((np.void, key.shape[1]))).ravel(), return_inverse=True,
-                                 return_counts=True)
     root = np.arange(C)  # each row's lowest bit-identical row
-    candidates = np.flatnonzero(counts[group.ravel()] > 1)
+    candidates = np.flatnonzero(sharing_a_key(np.concatenate(parts, axis=1)))
     root[candidates] = _lowest_identical(W, b, candidates, block)
     representative = np.flatnonzero(root == np.arange(C))
     return representative.astype(np.int64), np.searchsorted(representative, root).astype(np.int64)
+
+
+def probe_columns(d: int) -> np.ndarray:
+    """The (at most) ``PROBES`` evenly spaced columns whose values pre-group rows."""
+    return np.unique(np.linspace(0, d - 1, min(d, PROBES)).astype(np.int64))
+
+
+def sharing_a_key(keys: np.ndarray) -> np.ndarray:
+    """(n,) whether each row of ``keys`` (n, m) has the bytes of another row: only such rows
+    can be in a group. One sort of the rows as opaque byte strings."""
+    keys = np.ascontiguousarray(keys)
+    _, group, counts = np.unique(keys.view(np.dtype((np.void, keys.shape[1] * keys.itemsize))).ravel(),
+                                 return_inverse=True, return_counts=True)
+    return counts[group.ravel()] > 1
 
 
 def _canonical(values: np.ndarray) -> np.ndarray:

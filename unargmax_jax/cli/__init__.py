@@ -11,6 +11,7 @@ Library use: :func:`check_head` runs a check on a loaded head as the command doe
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import NoReturn
@@ -65,8 +66,6 @@ def exit_now(code: int) -> NoReturn:
     and device buffer one by one (0.3-0.5 s after a SmolLM2 check, on every run). Every
     file the command writes is closed (and renamed into place) before it returns. A
     process of a multi-process run exits normally: it leaves the coordinator at exit."""
-    import logging
-
     jax = sys.modules.get("jax")
     if jax is not None and getattr(jax.distributed, "is_initialized", lambda: False)():
         sys.exit(code)

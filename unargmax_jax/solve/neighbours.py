@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..twins import probe_columns, sharing_a_key
 from .context import Context
 from .evidence import Evidence, pending
 from .rational import float_certificate_bound, keep_float_certificate, rows64
@@ -73,9 +74,6 @@ class Vertices:
         return self.near([row]).get(row)
 
 
-PROBES = 8  # columns whose grid values pre-group the rows (a group agrees in every column)
-
-
 def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: float = 1e-6,
                           block: int = 4096) -> list:
     """Groups (of at least two) of rows among ``ids`` whose weights and bias agree to
@@ -88,10 +86,9 @@ def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: floa
     largest = max([float(np.max(np.abs(b64[ids])))] + [float(np.max(np.abs(W[ids[s:s + block]])))
                                                        for s in range(0, ids.size, block)])
     step = relative * max(largest, 1e-300)
-    columns = np.unique(np.linspace(0, W.shape[1] - 1, min(W.shape[1], PROBES)).astype(np.int64))
-    probe = np.round(np.c_[np.asarray(W[:, columns][ids], np.float64), b64[ids]] / step)
-    _, key, key_counts = np.unique(probe, axis=0, return_inverse=True, return_counts=True)
-    ids = ids[key_counts[key.ravel()] > 1]
+    # + 0.0: a snapped -0.0 and 0.0 are the same grid value (the keys are compared as bytes).
+    probe = np.round(np.c_[np.asarray(W[:, probe_columns(W.shape[1])][ids], np.float64), b64[ids]] / step) + 0.0
+    ids = ids[sharing_a_key(probe)]
     if ids.size < 2:
         return []
     rows = np.c_[np.asarray(W[ids], np.float64), b64[ids]]

@@ -53,14 +53,13 @@ def on_host(W, *, block: int = 2048, ridge: float = RIDGE, rows_per_dim: int = R
 
 
 def on_device(W: jax.Array, *, block: int = 4096, ridge: float = RIDGE,
-              rows_per_dim: int = ROWS_PER_DIM) -> tuple[np.ndarray, np.ndarray]:
+              rows_per_dim: int = ROWS_PER_DIM) -> tuple[jax.Array, jax.Array]:
     """:func:`on_host`'s estimate from the head on its device, in its dtype (the row blocks'
-    Gram matrices summed by the device, the inverse there too)."""
+    Gram matrices summed by the device, the inverse there too); it stays there."""
     C, d = W.shape
     rows = sample_rows(C, d, rows_per_dim)
     padded = np.concatenate([rows, np.full(-rows.size % block, -1)]).reshape(-1, block)
-    mean, precision = _device_estimate(W, jnp.asarray(padded, jnp.int32), jnp.asarray(rows.size, W.dtype), ridge)
-    return np.asarray(mean, np.float64), np.asarray(precision, np.float64)
+    return _device_estimate(W, jnp.asarray(padded, jnp.int32), jnp.asarray(rows.size, W.dtype), ridge)
 
 
 @jax.jit
