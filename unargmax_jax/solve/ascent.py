@@ -21,6 +21,7 @@ import optax
 
 from .. import bounds
 from .. import domains as dom
+from .._jit import kernel
 from .._memory import TRIM_INTERVAL, return_freed_memory
 from .._shapes import Array, Float
 from ..resume import Phases
@@ -103,7 +104,7 @@ def _ascent_chunk(head: DeviceHead, ids, support, x0, domain, *, steps, learning
     return result.x, witness, result.weights, upper
 
 
-ascent_chunk = jax.jit(_ascent_chunk, static_argnames=("steps", "learning_rate", "num_top", "algorithm"))
+ascent_chunk = kernel(_ascent_chunk, static_argnames=("steps", "learning_rate", "num_top", "algorithm"))
 
 
 def batch_kernel(ctx: Context):

@@ -95,8 +95,14 @@ class Placement:
         return -(-size // self.count) * self.count
 
     def split(self, array, dtype=None):
-        array = jnp.asarray(array, dtype)
-        return jax.device_put(array, self._split) if self.count > 1 else array
+        if isinstance(array, jax.Array):
+            array = jnp.asarray(array, dtype)
+        else:
+            # Cast on the host and transfer with device_put: jnp.asarray of a host array, or a
+            # cast on the device, is an eager kernel to compile per shape, and one waits behind
+            # the background compile (up to a second mid-screen on two CPU cores).
+            array = np.asarray(array, dtype)
+        return jax.device_put(array, self._split if self.count > 1 else None)
 
     def replicate(self, tree):
         return jax.device_put(tree, self._copy) if self.count > 1 else tree

@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import bounds
 from .. import domains as dom
+from .._jit import kernel
 from .._memory import TRIM_INTERVAL, return_freed_memory
 from .._shapes import Array, Float, Int
 from ..resume import Phases
@@ -339,7 +340,7 @@ def _pdhg_chunk(head: DeviceHead, ids, support, x0, lam0, omega0, budget, domain
     return result, witness, weights, upper
 
 
-pdhg_chunk = jax.jit(_pdhg_chunk, static_argnames=("max_iterations", "tolerance", "decisive", "num_top", "adaptive_step",
+pdhg_chunk = kernel(_pdhg_chunk, static_argnames=("max_iterations", "tolerance", "decisive", "num_top", "adaptive_step",
                                                      "algorithm"))
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import bounds
 from .. import domains as dom
+from .._jit import kernel
 from .._memory import TRIM_INTERVAL, return_freed_memory
 from .._shapes import Array, Float, Int
 from ..resume import Phases
@@ -159,7 +160,7 @@ def _screen_chunk(head: DeviceHead, ids, domain, key, *, all_candidates, half=Fa
     return x, witness, one, upper
 
 
-screen_chunk = jax.jit(_screen_chunk, static_argnames=("all_candidates", "half", "algorithm"))
+screen_chunk = kernel(_screen_chunk, static_argnames=("all_candidates", "half", "algorithm"))
 
 
 def _braid_chunk(head: DeviceHead, ids, x, domain, *, num_top, steps, algorithm=None):
@@ -167,7 +168,7 @@ def _braid_chunk(head: DeviceHead, ids, x, domain, *, num_top, steps, algorithm=
     return x, bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top, algorithm=algorithm)
 
 
-braid_chunk = jax.jit(_braid_chunk, static_argnames=("num_top", "steps", "algorithm"))
+braid_chunk = kernel(_braid_chunk, static_argnames=("num_top", "steps", "algorithm"))
 
 
 def second_pass_batch(ctx: Context) -> int:

@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import bounds
 from .. import domains as dom
+from .._jit import kernel
 from .context import Context, DeviceHead
 
 GROUP = 32  # rows per group whose maximum the pass tracks (the rival is found in its group)
@@ -149,15 +150,18 @@ def _prepare_blocks(head: DeviceHead, domain, indices, *, blocks: Blocks, algori
     return jax.lax.map(one, indices)
 
 
-prepare_blocks = jax.jit(_prepare_blocks, static_argnames=("blocks", "algorithm"))
+prepare_blocks = kernel(_prepare_blocks, static_argnames=("blocks", "algorithm"))
 
 
-def _rows(head: DeviceHead, scale, K, norm, beta, *, blocks: Blocks):
-    """:class:`Rows` from every row block's (scale, K, norm, beta), shape (blocks, B) each."""
+def _rows(head: DeviceHead, pieces, *, blocks: Blocks):
+    """:class:`Rows` from the pieces of :func:`prepare_blocks`: tuples (scale, K, norm, beta),
+    shape (piece, B) each, whose concatenation covers every row block (and repeats the last)."""
     W = head.W
     C = W.shape[0]
     B = blocks.rows
-    ids = jax.vmap(lambda i: _block(C, B, i) + jnp.arange(B))(jnp.arange(scale.shape[0])).reshape(-1)
+    count = blocks_for(C, blocks)
+    scale, K, norm, beta = (jnp.concatenate(part)[:count] for part in zip(*pieces))
+    ids = jax.vmap(lambda i: _block(C, B, i) + jnp.arange(B))(jnp.arange(count)).reshape(-1)
 
     def spread(a):
         return jnp.zeros(C, W.dtype).at[ids].set(a.reshape(-1))
@@ -167,7 +171,7 @@ def _rows(head: DeviceHead, scale, K, norm, beta, *, blocks: Blocks):
                 jnp.max(jnp.abs(head.b)), jnp.max(jnp.sum(jnp.abs(head.precision), axis=1)))
 
 
-rows_of_blocks = jax.jit(_rows, static_argnames=("blocks",))
+rows_of_blocks = kernel(_rows, static_argnames=("blocks",))
 PREPARE_PIECE = 32  # row blocks per call: a progress update every 32 B rows (3 d^2 B multiply-adds each)
 
 
@@ -181,7 +185,7 @@ def prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm, progress=Non
     pieces = []
     for first in range(0, count, PREPARE_PIECE):
         indices = np.minimum(np.arange(first, first + PREPARE_PIECE), count - 1)  # the last piece repeats a block
-        pieces.append(prepare_blocks(head, domain, jnp.asarray(indices, jnp.int32), blocks=blocks,
+        pieces.append(prepare_blocks(head, domain, jax.device_put(indices.astype(np.int32)), blocks=blocks,
                                      algorithm=algorithm))
         if progress is not None or expired is not None:
             jax.block_until_ready(pieces[-1])
@@ -189,8 +193,7 @@ def prepare(head: DeviceHead, domain, *, blocks: Blocks, algorithm, progress=Non
             progress(min(C, (first + PREPARE_PIECE) * blocks.rows), C)
         if expired is not None and expired():
             return None
-    parts = [jnp.concatenate(part)[:count] for part in zip(*pieces)]
-    return rows_of_blocks(head, *parts, blocks=blocks)
+    return rows_of_blocks(head, pieces, blocks=blocks)
 
 
 def pad(spec, d: int, dtype, *, n_max, k_max, beta_max, b_max, c_norm, p_rowsum, w_norm, K, q_norm, s, x_norm):
@@ -258,7 +261,7 @@ def _step(head: DeviceHead, pre: Rows, carry: Carry, domain, index, *, blocks: B
                                group=g, spec=spec, half=half)
 
 
-step = jax.jit(_step, static_argnames=("blocks", "algorithm", "half"), donate_argnums=(2,))
+step = kernel(_step, static_argnames=("blocks", "algorithm", "half"), donate_argnums=(2,))
 
 
 def _bounds(head: DeviceHead, pre: Rows, domain, ids, Q, s, x, strongest, rival_start, *, group, spec, half):
@@ -335,10 +338,11 @@ def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
                   progress=lambda done, total: ctx.progress.update("prepare", done, total))
     if pre is None:
         return
-    carry = Carry(jnp.full(C, -jnp.inf, ctx.dtype), jnp.zeros(C, jnp.int32))
+    # Made on the host (see Placement.split: eager kernels wait behind the background compile).
+    carry = Carry(jax.device_put(np.full(C, -np.inf, ctx.dtype)), jax.device_put(np.zeros(C, np.int32)))
     for index in range(blocks_for(C, blocks)):
         if ctx.expired():
             return
-        carry, ids, found = step(ctx.head, pre, carry, ctx.device_domain, jnp.int32(index), blocks=blocks,
+        carry, ids, found = step(ctx.head, pre, carry, ctx.device_domain, np.int32(index), blocks=blocks,
                                  algorithm=algorithm, half=ctx.half)
         yield index, ids, found

@@ -3,9 +3,8 @@ re-proves a point (rounded witnesses, competitor sets at the best point so far).
 
 from __future__ import annotations
 
-import jax
-
 from .. import bounds
+from .._jit import kernel
 from .context import DeviceHead
 
 
@@ -16,4 +15,4 @@ def _top_chunk(head: DeviceHead, ids, x, *, num_top, algorithm=None):
     return bounds.witness_bounds(head.W, head.b, head.norms, ids, x, num_top=num_top, algorithm=algorithm)
 
 
-witness_chunk = jax.jit(_top_chunk, static_argnames=("num_top", "algorithm"))
+witness_chunk = kernel(_top_chunk, static_argnames=("num_top", "algorithm"))
