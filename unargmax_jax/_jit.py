@@ -1,11 +1,12 @@
 """``jax.jit`` with the compiler options the package's kernels want on the backend that runs them.
 
-On XLA:CPU a check's first run is partly compile time: the later stages' kernels (PDHG,
-ascent, the second screening pass, braid, the competitor sets) take about 4-5 s of CPU
-to compile for SmolLM2's head, against about 12 s for the whole compiled check. XLA:CPU's
-legacy loop emitters (``xla_cpu_use_fusion_emitters=false``) compile them in about 60% of
-that time, and the kernels they make run as fast here (SmolLM2's check, PDHG on a
-trained head with a bias: ``scripts/bench.py``, ``scripts/bench_lp.py``). The option is
+On XLA:CPU a check's first run is partly compile time: its kernels (the symmetric pass,
+the second screening pass, braid, the competitor sets, ascent, PDHG) took 4.1-4.8 s of
+CPU to compile for SmolLM2's head, against 12-13 s for the whole compiled check. With
+XLA:CPU's legacy loop emitters (``xla_cpu_use_fusion_emitters=false``) they take
+2.9-3.1 s, and the kernels run as fast (SmolLM2's compiled check; PDHG on a trained head
+with a bias, ``scripts/bench_lp.py --trained``: 10.1 s before, 10.5 s after, within this
+machine's noise). The option is
 set per kernel, not through ``XLA_FLAGS``, so a user's own JAX code is unaffected; it
 touches only how loops and fusions are emitted, never the arithmetic (IEEE float32, the
 same dot algorithms), so every pad holds as before. JAX releases or XLA builds that do

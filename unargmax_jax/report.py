@@ -191,14 +191,11 @@ class Report:
         ceilings = {int(i): [float(lo), float(hi)]
                     for i, lo, hi in zip(self.ceiling_ids, self.ceiling_lower, self.ceiling_upper)}
         tokens = []
-        for i in range(self.verdict.shape[0]):
-            entry = {
-                "id": i,
-                "verdict": VERDICT_NAMES[int(self.verdict[i])],
-                "lower": _json_float(self.lower[i]),
-                "upper": _json_float(self.upper[i]),
-                "stage": str(self.stage[i]),
-            }
+        # Whole columns to Python values at once (NumPy scalar by scalar took 0.2 s at C = 49152).
+        columns = zip([VERDICT_NAMES[v] for v in self.verdict.tolist()], _json_floats(self.lower),
+                      _json_floats(self.upper), [str(s) for s in self.stage.tolist()])
+        for i, (verdict, lower, upper, stage) in enumerate(columns):
+            entry = {"id": i, "verdict": verdict, "lower": lower, "upper": upper, "stage": stage}
             if i in self.twins:
                 entry["twins"] = [int(t) for t in self.twins[i]]
             text = self.token(i)
@@ -393,14 +390,16 @@ def _json_text(data: dict) -> str:
     return head[:-len("[]\n}")] + ("[\n  " + body + "\n ]\n}" if tokens else "[]\n}")
 
 
-def _json_float(value: float):
-    """JSON has no infinities: store them as the strings "inf" / "-inf"."""
-    value = float(value)
-    if np.isfinite(value):
-        return value
-    if np.isnan(value):
+def _json_floats(values) -> list:
+    """A column of floats for JSON, which has no infinities: those become the strings
+    "inf" / "-inf"; a NaN is an error."""
+    values = np.asarray(values, np.float64)
+    if np.isnan(values).any():
         raise ValueError("NaN margin bound in report")
-    return "inf" if value > 0 else "-inf"
+    out = values.tolist()
+    for i in np.flatnonzero(np.isinf(values)).tolist():
+        out[i] = "inf" if out[i] > 0 else "-inf"
+    return out
 
 
 def _from_json_float(value) -> float:
