@@ -6,11 +6,11 @@ CPU to compile for SmolLM2's head, against 12-13 s for the whole compiled check.
 XLA:CPU's legacy loop emitters (``xla_cpu_use_fusion_emitters=false``) they take
 2.9-3.1 s, and the kernels run as fast (SmolLM2's compiled check; PDHG on a trained head
 with a bias, ``scripts/bench_lp.py --trained``: 10.1 s before, 10.5 s after, within this
-machine's noise). The option is
-set per kernel, not through ``XLA_FLAGS``, so a user's own JAX code is unaffected; it
-touches only how loops and fusions are emitted, never the arithmetic (IEEE float32, the
-same dot algorithms), so every pad holds as before. JAX releases or XLA builds that do
-not know the option compile as they always did.
+machine's noise). The option is set per kernel, not through ``XLA_FLAGS``, so a user's
+own JAX code is unaffected. It changes how loops and fusions are emitted, not the
+arithmetic's precision (IEEE float32 operations, the same dot algorithms); the pads are
+derived for any order of a sum, with or without fused multiply-adds, so they hold as
+before. JAX releases or XLA builds that do not know the option compile as they always did.
 """
 
 from __future__ import annotations

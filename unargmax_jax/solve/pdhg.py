@@ -341,7 +341,7 @@ def _pdhg_chunk(head: DeviceHead, ids, support, x0, lam0, omega0, budget, domain
 
 
 pdhg_chunk = kernel(_pdhg_chunk, static_argnames=("max_iterations", "tolerance", "decisive", "num_top", "adaptive_step",
-                                                     "algorithm"))
+                                                   "algorithm"))
 
 
 def batch_kernel(ctx: Context):
