@@ -18,6 +18,11 @@ from hypothesis import strategies as st
 from unargmax_jax import bounds, check, domains as dom
 from unargmax_jax import verify as ua_verify
 
+try:
+    from jax.extend.core import jaxprs_in_params
+except ImportError:  # JAX before jax.extend.core had it
+    from jax.core import jaxprs_in_params
+
 SETTINGS = settings(deadline=None, max_examples=60, derandomize=True)
 F32 = np.float32
 EMULATED = [n for n in bounds.ALGORITHMS if n != "F64_F64_F64"]
@@ -187,7 +192,7 @@ def _traced_presets(algorithm):
 def _eqns(jaxpr):
     for e in jaxpr.eqns:
         yield e
-        for sub in jax.core.jaxprs_in_params(e.params):
+        for sub in jaxprs_in_params(e.params):
             yield from _eqns(sub)
 
 
