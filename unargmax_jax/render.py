@@ -33,9 +33,7 @@ def tokens_csv(report) -> str:
     writer.writerow(CSV_COLUMNS)
     ceilings = {int(i): (repr(float(lo)), repr(float(hi)))
                 for i, lo, hi in zip(report.ceiling_ids, report.ceiling_lower, report.ceiling_upper)}
-    columns = zip([NAMES[v] for v in report.verdict.tolist()], np.asarray(report.lower, np.float64).tolist(),
-                  np.asarray(report.upper, np.float64).tolist(), [str(s) for s in report.stage.tolist()])
-    for i, (verdict, lower, upper, stage) in enumerate(columns):
+    for i, (verdict, lower, upper, stage) in enumerate(zip(*report.token_columns())):
         text = report.token(i)
         writer.writerow((i, "" if text is None else text, verdict, repr(lower), repr(upper), stage,
                          *ceilings.get(i, ("", ""))))
