@@ -87,7 +87,7 @@ def near_duplicate_groups(W, b64: np.ndarray, ids: np.ndarray, *, relative: floa
                                                        for s in range(0, ids.size, block)])
     step = relative * max(largest, 1e-300)
     # + 0.0: a snapped -0.0 and 0.0 are the same grid value (the keys are compared as bytes).
-    probe = np.round(np.c_[np.asarray(W[:, probe_columns(W.shape[1])][ids], np.float64), b64[ids]] / step) + 0.0
+    probe = np.round(np.c_[np.asarray(W[np.ix_(ids, probe_columns(W.shape[1]))], np.float64), b64[ids]] / step) + 0.0
     ids = ids[sharing_a_key(probe)]
     if ids.size < 2:
         return []
