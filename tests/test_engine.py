@@ -281,6 +281,43 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
     assert np.array_equal(warm.witnesses, plain.witnesses)
 
 
+def test_background_compile_builds_the_symmetric_step_while_the_pre_pass_runs(monkeypatch, caplog):
+    # The symmetric pass's step compiled on the main thread between the pre-pass and the
+    # first block (0.5 s of SmolLM2's critical path); the warm-up thread's first job now
+    # compiles it, with the arguments the real calls have, so they find it compiled.
+    import jax
+
+    from unargmax_jax.solve import symmetric, warmup
+
+    rng = np.random.default_rng(12)
+    W = (rng.normal(size=(4100, 48)) * np.exp(rng.normal(0, 0.3, 48))).astype(np.float32)  # no other test's shape
+    b = rng.normal(size=4100).astype(np.float32)
+    plain = checked(W, b, background_compile=False)
+    for kernel in (symmetric.step, symmetric.rows_of_blocks):
+        kernel.clear_cache()
+    monkeypatch.setattr(warmup, "WARMUP_MIN_FLOPS", 0.0)
+    original_start = warmup.Warmup.start
+
+    def start_and_finish(self):  # the thread first, so a compile on the main thread is a miss
+        original_start(self)
+        if self._thread is not None:
+            self._thread.join()
+
+    monkeypatch.setattr(warmup.Warmup, "start", start_and_finish)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level("WARNING"):
+            warm = checked(W, b)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [(r.getMessage().split(" with global shapes")[0], r.threadName)
+                for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
+    for name in ("Compiling jit(_step)", "Compiling jit(_rows)"):
+        assert [thread for kernel, thread in compiles if kernel == name] == ["unargmax-warmup"], (name, compiles)
+    for field in ("verdict", "lower", "upper", "stage"):
+        assert np.array_equal(getattr(warm, field), getattr(plain, field)), field
+
+
 def test_free_domain_with_bias_stores_the_bounds_its_exact_certificates_prove():
     # Regression (found trying the README's API example on ua.Free()): on R^d with a bias
     # only exact certificates decide, and the exact stage kept the tighter upper bound of a

@@ -35,7 +35,7 @@ from .resume import Checkpoint, Phases
 from .settings import SCHEDULING_FIELDS, Settings, settings_from
 from .solve import ascent, basis, pdhg, rational, screen
 from .solve.context import device_dtype, half_witnesses, make_context
-from .solve.evidence import Evidence, new_evidence
+from .solve.evidence import Evidence, new_evidence, pending
 from .solve.progress import Progress
 from .solve.warmup import later_stage_warmup
 from .twins import find_twins
@@ -201,7 +201,7 @@ def solve_rows(problem: Problem, settings: Settings, *, deadline: float, progres
     ctx = make_context(W, b, domain, settings, deadline=deadline, progress=progress,
                        exact_certificates_only=exact_certificates_only)
     evidence = new_evidence(problem.wanted, d, np.float16 if ctx.half else np.dtype(ctx.dtype))
-    ctx = ctx._replace(warmup=later_stage_warmup(ctx))
+    ctx = ctx._replace(warmup=later_stage_warmup(ctx, pending(evidence)))
     ctx.warmup.start()
     phases = Phases(checkpoint, evidence, progress)
     for name, run in PIPELINE:

@@ -329,6 +329,21 @@ def work_done(C: int, blocks: Blocks, steps: int) -> float:
     return float(work[:steps].sum() / work.sum())
 
 
+def compile_ahead(ctx: Context, blocks: Blocks = BLOCKS) -> None:
+    """Compile :func:`rows_of_blocks` and :func:`step` for this head with arguments of the
+    real calls' shapes, dtypes and placement (the background compile's first job: the main
+    thread runs the pre-pass meanwhile and then finds the step compiled, where it compiled
+    it between the two)."""
+    C = ctx.W.shape[0]
+    count = blocks_for(C, blocks)
+    piece = tuple(jax.device_put(np.zeros((PREPARE_PIECE, blocks.rows), ctx.dtype)) for _ in range(4))
+    rows = rows_of_blocks.lower(ctx.head, [piece] * -(-count // PREPARE_PIECE), blocks=blocks).compile()
+    pre = jax.tree_util.tree_map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype)), rows.out_info)
+    carry = Carry(jax.device_put(np.zeros(C, ctx.dtype)), jax.device_put(np.zeros(C, np.int32)))
+    step.lower(ctx.head, pre, carry, ctx.device_domain, np.int32(0), blocks=blocks,
+               algorithm=ctx.settings.dot_algorithm, half=ctx.half).compile()
+
+
 def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
     """Yield ``(index, ids, found)`` per row block, in order (the device's ids and results);
     each block's kernel is dispatched before the previous block's results are handed on."""

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import ascent, pdhg, screen
+from . import ascent, pdhg, screen, symmetric
 from .context import Context
 from .witness import witness_chunk
 
@@ -60,11 +60,13 @@ class Warmup:
             self._thread.join()
 
 
-def later_stage_warmup(ctx: Context) -> Warmup:
+def later_stage_warmup(ctx: Context, todo: np.ndarray) -> Warmup:
     """Compile jobs for the kernels the stages after the first screening pass call, with
     arguments of exactly the shapes, dtypes and placement of the real calls (so those find
-    them compiled), in the order the check first needs them: the float16 witness re-proof
-    (during the first pass), the competitor sets, the second pass and braid, ascent, PDHG.
+    them compiled), in the order the check first needs them: the symmetric first pass's
+    step (while the main thread runs its pre-pass; ``todo``: the rows the first pass will
+    screen), the float16 witness re-proof (during the first pass), the competitor sets, the
+    second pass and braid, ascent, PDHG.
     Only worth a compiler thread when the first pass runs longer than compiling takes
     (about 2 C^2 d flops against a few seconds); otherwise no jobs."""
     U, d = ctx.W.shape
@@ -77,6 +79,8 @@ def later_stage_warmup(ctx: Context) -> Warmup:
 
     ids, x = split(n, np.int64), split((n, d), ctx.dtype)
     jobs = []
+    if not ctx.settings.bf16_screen and symmetric.applies(ctx, todo):
+        jobs.append(lambda: symmetric.compile_ahead(ctx))
     if ctx.half:
         jobs.append(lambda: witness_chunk.lower(ctx.head, ids, x, num_top=0, algorithm=algorithm).compile())
     top = screen.competitor_batch(ctx)
