@@ -54,6 +54,20 @@ def test_bench_shape_argument_and_synthetic_head_file(tmp_path):
         bench._shape("300x3")
 
 
+def test_bench_first_runs_rounds_each_with_a_fresh_compile_cache(tmp_path):
+    bench = _load("bench")
+    path, _ = bench.head_file(bench.parse(["--shape", "300,3"]), tmp_path)
+    W, b = bench.load(path)
+    rounds, report = bench.first_runs(path, tmp_path, W, b, 2)
+    assert len(rounds) == 2
+    for r, (cli, floor, ours, peak, code, verdict, same) in enumerate(rounds):
+        assert code in (0, 1) and cli > 0 and floor > 0 and ours > 0 and peak > 0
+        assert same and np.array_equal(verdict, ua.check(W, b).verdict)
+        assert any((tmp_path / f"round-{r}" / "xla-cache").iterdir())  # each round compiled into its own cache
+        assert (tmp_path / f"round-{r}" / "cli-out" / "report.json").is_file()
+    assert np.array_equal(report.verdict, rounds[-1][5])
+
+
 def test_gpu_bench_cpu_path_on_a_tiny_head(tmp_path):
     """The script's CPU path: device products run, and the verdicts are compared with a
     stored report of the same head (and refused for another head)."""
