@@ -331,9 +331,8 @@ def work_done(C: int, blocks: Blocks, steps: int) -> float:
 
 def compile_ahead(ctx: Context, blocks: Blocks = BLOCKS) -> None:
     """Compile :func:`rows_of_blocks` and :func:`step` for this head with arguments of the
-    real calls' shapes, dtypes and placement (the background compile's first job: the main
-    thread runs the pre-pass meanwhile and then finds the step compiled, where it compiled
-    it between the two)."""
+    real calls' shapes, dtypes and placement: the background compile's first job, so the
+    compile overlaps the pre-pass on the main thread instead of following it."""
     C = ctx.W.shape[0]
     count = blocks_for(C, blocks)
     piece = tuple(jax.device_put(np.zeros((PREPARE_PIECE, blocks.rows), ctx.dtype)) for _ in range(4))
