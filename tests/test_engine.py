@@ -225,26 +225,17 @@ def test_an_aligned_head_is_not_copied_to_the_cpu_device():
     assert float(device[3, 2]) == 5.0
 
 
-
-def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_kernels(monkeypatch, caplog):
-    # The later stages' kernels are compiled on a thread while the first screening pass
-    # runs. The real calls must find them: every ascent/PDHG compile happens on that thread
-    # and no (kernel, shapes) pair compiles twice; and nothing in the report may change.
-    # A midpoint row (margin exactly 0) sends a token through every stage.
+def _check_with_the_warmup_first(monkeypatch, caplog, W, b):
+    """``checked(W, b)`` with the background compile forced on and finished before the
+    first stage runs (which thread reaches a kernel first is the machine's timing; what
+    can be wrong is whether the real calls find the thread's kernels, so a compile on the
+    main thread is then a miss). Returns the report and the compiles it logged, as
+    (``Compiling jit(name)``, the message up to its argument mapping, thread name)."""
     import jax
 
-    from unargmax_jax.solve import ascent, pdhg, screen, warmup, witness
+    from unargmax_jax.solve import warmup
 
-    rng = np.random.default_rng(11)
-    W = rng.normal(size=(613, 7)).astype(np.float32)  # a shape no other test compiles
-    W[0] = (W[1] + W[2]) / 2
-    plain = checked(W, None, background_compile=False)
-    for kernel in (screen.screen_chunk, screen.braid_chunk, ascent.ascent_chunk, pdhg.pdhg_chunk, witness.witness_chunk):
-        kernel.clear_cache()
     monkeypatch.setattr(warmup, "WARMUP_MIN_FLOPS", 0.0)
-    # Regression (CI, loaded machine): the main thread reached ascent before the thread had
-    # compiled it. Which one gets there first is the machine's timing; what can be wrong is
-    # whether the real calls find the thread's kernels, so the thread finishes first here.
     original_start = warmup.Warmup.start
 
     def start_and_finish(self):
@@ -256,11 +247,29 @@ def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_ke
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level("WARNING"):
-            warm = checked(W, None)
+            report = checked(W, b)
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiles = [(r.getMessage().split(" with global shapes")[0], r.getMessage().split("Argument mapping")[0], r.threadName)
-                for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
+    return report, [(r.getMessage().split(" with global shapes")[0], r.getMessage().split("Argument mapping")[0],
+                     r.threadName) for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
+
+
+def test_background_compile_gives_the_same_report_and_the_real_calls_find_its_kernels(monkeypatch, caplog):
+    # The later stages' kernels are compiled on a thread while the first screening pass
+    # runs. The real calls must find them: every ascent/PDHG compile happens on that thread
+    # and no (kernel, shapes) pair compiles twice; and nothing in the report may change.
+    # A midpoint row (margin exactly 0) sends a token through every stage.
+    from unargmax_jax.solve import ascent, pdhg, screen, witness
+
+    rng = np.random.default_rng(11)
+    W = rng.normal(size=(613, 7)).astype(np.float32)  # a shape no other test compiles
+    W[0] = (W[1] + W[2]) / 2
+    plain = checked(W, None, background_compile=False)
+    for kernel in (screen.screen_chunk, screen.braid_chunk, ascent.ascent_chunk, pdhg.pdhg_chunk, witness.witness_chunk):
+        kernel.clear_cache()
+    # Regression (CI, loaded machine): the main thread reached ascent before the thread had
+    # compiled it (hence the thread first, in the helper).
+    warm, compiles = _check_with_the_warmup_first(monkeypatch, caplog, W, None)
     # Regression: the float16 witness re-proof, the competitor sets and braid compiled on
     # the main thread (in the first pass or after it), and the thread started only once a
     # chunk had left a token open.
@@ -285,9 +294,7 @@ def test_background_compile_builds_the_symmetric_step_while_the_pre_pass_runs(mo
     # The symmetric pass's step compiled on the main thread between the pre-pass and the
     # first block (0.5 s of SmolLM2's critical path); the warm-up thread's first job now
     # compiles it, with the arguments the real calls have, so they find it compiled.
-    import jax
-
-    from unargmax_jax.solve import symmetric, warmup
+    from unargmax_jax.solve import symmetric
 
     rng = np.random.default_rng(12)
     W = (rng.normal(size=(4100, 48)) * np.exp(rng.normal(0, 0.3, 48))).astype(np.float32)  # no other test's shape
@@ -295,25 +302,9 @@ def test_background_compile_builds_the_symmetric_step_while_the_pre_pass_runs(mo
     plain = checked(W, b, background_compile=False)
     for kernel in (symmetric.step, symmetric.rows_of_blocks):
         kernel.clear_cache()
-    monkeypatch.setattr(warmup, "WARMUP_MIN_FLOPS", 0.0)
-    original_start = warmup.Warmup.start
-
-    def start_and_finish(self):  # the thread first, so a compile on the main thread is a miss
-        original_start(self)
-        if self._thread is not None:
-            self._thread.join()
-
-    monkeypatch.setattr(warmup.Warmup, "start", start_and_finish)
-    jax.config.update("jax_log_compiles", True)
-    try:
-        with caplog.at_level("WARNING"):
-            warm = checked(W, b)
-    finally:
-        jax.config.update("jax_log_compiles", False)
-    compiles = [(r.getMessage().split(" with global shapes")[0], r.threadName)
-                for r in caplog.records if r.getMessage().startswith("Compiling jit(")]
+    warm, compiles = _check_with_the_warmup_first(monkeypatch, caplog, W, b)
     for name in ("Compiling jit(_step)", "Compiling jit(_rows)"):
-        assert [thread for kernel, thread in compiles if kernel == name] == ["unargmax-warmup"], (name, compiles)
+        assert [thread for kernel, _, thread in compiles if kernel == name] == ["unargmax-warmup"], (name, compiles)
     for field in ("verdict", "lower", "upper", "stage"):
         assert np.array_equal(getattr(warm, field), getattr(plain, field)), field
 
