@@ -309,15 +309,19 @@ def parse(argv=None):
     parser.add_argument("--skip-published", action="store_true", help="leave out the published method")
     parser.add_argument("--skip-warm", action="store_true",
                         help="leave out the second CLI run (compile cache warm) and the second in-process call")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    return args
 
 
 def first_runs(path: Path, workdir: Path, W, b, repeats: int):
     """``repeats`` rounds of (the CLI's first run with a fresh compile cache, the floor, a
     first ``check`` call in this process with JAX's caches cleared), interleaved so that
     each ratio compares times measured side by side. Prints each round; returns the rounds'
-    (cli, floor, ours, cli peak MB, exit code, verdicts, verdicts as round 1's) and the last
-    round's report."""
+    (cli, floor, ours, cli peak MB, exit code, verdicts, verdicts as round 1's, this
+    process's peak MB during its check: NaN where it cannot be reset) and the last round's
+    report."""
     import jax
 
     from unargmax_jax import check
@@ -329,13 +333,15 @@ def first_runs(path: Path, workdir: Path, W, b, repeats: int):
         cli, cli_peak, code = cli_seconds(path, run_dir)
         floor = all_pairs_seconds(W)
         jax.clear_caches()  # each round's in-process call compiles its kernels, as a process's first one does
+        fresh = reset_peak_rss()  # the check's own peak, not the floor's row-block products
         start = time.perf_counter()
         report = check(W, b)
         ours = time.perf_counter() - start
+        own_peak = peak_rss_mb() if fresh else float("nan")
         print(f"  round {r + 1}: floor {floor:.1f} s; first CLI run {cli:.1f} s = {cli / floor:.2f}x; "
               f"first in-process call {ours:.1f} s = {ours / floor:.2f}x", flush=True)
         same = not rounds or np.array_equal(rounds[0][5], report.verdict)
-        rounds.append((cli, floor, ours, cli_peak, code, report.verdict, same))
+        rounds.append((cli, floor, ours, cli_peak, code, report.verdict, same, own_peak))
         if r < repeats - 1:
             del report  # only the last round's report is kept (its witnesses are C x d)
     return rounds, report
@@ -355,23 +361,26 @@ def speed(path: Path, name: str, workdir: Path, args):
     print(f"first runs, {args.repeats} round(s) of: `unargmax check` in a subprocess (fresh compile cache, report "
           f"files), the floor (all-pairs W @ W.T, float32, NumPy row blocks), `check(W, b)` in this process "
           f"(JAX's caches cleared: it compiles every kernel)", flush=True)
-    fresh = reset_peak_rss()
     rounds, report = first_runs(path, workdir, W, b, args.repeats)
     cli_s, floor_s, ours_s = (np.array([r[i] for r in rounds]) for i in range(3))
     cli, floor, ours = np.median(cli_s), np.median(floor_s), np.median(ours_s)
-    cli_peak, code = rounds[0][3], rounds[0][4]
+    cli_peak, peak = max(r[3] for r in rounds), max(r[7] for r in rounds)
+    code = ",".join(str(c) for c in sorted({r[4] for r in rounds}))
     same = "identical in every round" if all(r[6] for r in rounds) else "DIFFERENT between rounds"
     print(f"floor: all-pairs W @ W.T (float32, NumPy row blocks): median {floor:.1f} s "
           f"({2.0 * C * C * d / floor / 1e9:.0f} GFLOP/s)")
     print(f"end to end: `unargmax check` in a subprocess (fresh compile cache, report files): median {cli:.1f} s = "
           f"{cli / floor:.2f}x the median floor (rounds {_span(cli_s / floor_s)}; exit {code}); "
-          f"peak RSS {cli_peak:.0f} MB = {cli_peak / head_mb:.2f}x the head")
+          f"peak RSS {cli_peak:.0f} MB = {cli_peak / head_mb:.2f}x the head (the highest round's)")
     stages = ", ".join(f"{k} {v:.1f}" for k, v in report.stage_seconds.items())
     print(f"in process: check(W, b) median {ours:.1f} s = {ours / floor:.2f}x the median floor (rounds "
           f"{_span(ours_s / floor_s)}; last round: {stages}; includes compilation); verdicts {report.counts()}, {same}; "
           f"dot algorithm {report.settings['dot_algorithm']}")
-    peak = peak_rss_mb()
-    print(f"  peak RSS of this process {'during the checks' if fresh else 'so far'} {peak:.0f} MB = "
+    if np.isnan(peak):
+        peak, when = peak_rss_mb(), "so far"
+    else:
+        when = "during its checks"
+    print(f"  peak RSS of this process {when} {peak:.0f} MB = "
           f"{peak / head_mb:.2f}x the head (the head held by the caller included)")
     if not args.skip_warm:
         again, _, code = cli_seconds(path, workdir / "round-0")  # the cache directory the first run filled

@@ -52,6 +52,8 @@ def test_bench_shape_argument_and_synthetic_head_file(tmp_path):
 
     with pytest.raises(argparse.ArgumentTypeError, match="expected C,d"):
         bench._shape("300x3")
+    with pytest.raises(SystemExit):
+        bench.parse(["--repeats", "0"])
 
 
 def test_bench_first_runs_rounds_each_with_a_fresh_compile_cache(tmp_path):
@@ -60,8 +62,9 @@ def test_bench_first_runs_rounds_each_with_a_fresh_compile_cache(tmp_path):
     W, b = bench.load(path)
     rounds, report = bench.first_runs(path, tmp_path, W, b, 2)
     assert len(rounds) == 2
-    for r, (cli, floor, ours, peak, code, verdict, same) in enumerate(rounds):
+    for r, (cli, floor, ours, peak, code, verdict, same, own_peak) in enumerate(rounds):
         assert code in (0, 1) and cli > 0 and floor > 0 and ours > 0 and peak > 0
+        assert own_peak > 0 or np.isnan(own_peak)  # NaN only where VmHWM cannot be reset
         assert same and np.array_equal(verdict, ua.check(W, b).verdict)
         assert any((tmp_path / f"round-{r}" / "xla-cache").iterdir())  # each round compiled into its own cache
         assert (tmp_path / f"round-{r}" / "cli-out" / "report.json").is_file()
