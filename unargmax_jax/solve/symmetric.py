@@ -334,13 +334,19 @@ def compile_ahead(ctx: Context, blocks: Blocks = BLOCKS) -> None:
     real calls' shapes, dtypes and placement: the background compile's first job, so the
     compile overlaps the pre-pass on the main thread instead of following it."""
     C = ctx.W.shape[0]
-    count = blocks_for(C, blocks)
-    piece = tuple(jax.device_put(np.zeros((PREPARE_PIECE, blocks.rows), ctx.dtype)) for _ in range(4))
-    rows = rows_of_blocks.lower(ctx.head, [piece] * -(-count // PREPARE_PIECE), blocks=blocks).compile()
-    pre = jax.tree_util.tree_map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype)), rows.out_info)
+    algorithm = ctx.settings.dot_algorithm
+
+    def zeros_like(info):  # a placeholder on the device for each output a kernel's lowering names
+        return jax.tree_util.tree_map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype)), info)
+
+    indices = jax.device_put(np.zeros(PREPARE_PIECE, np.int32))
+    piece = zeros_like(prepare_blocks.lower(ctx.head, ctx.device_domain, indices, blocks=blocks,
+                                            algorithm=algorithm).out_info)
+    pieces = [piece] * -(-blocks_for(C, blocks) // PREPARE_PIECE)
+    pre = zeros_like(rows_of_blocks.lower(ctx.head, pieces, blocks=blocks).compile().out_info)
     carry = Carry(jax.device_put(np.zeros(C, ctx.dtype)), jax.device_put(np.zeros(C, np.int32)))
-    step.lower(ctx.head, pre, carry, ctx.device_domain, np.int32(0), blocks=blocks,
-               algorithm=ctx.settings.dot_algorithm, half=ctx.half).compile()
+    step.lower(ctx.head, pre, carry, ctx.device_domain, np.int32(0), blocks=blocks, algorithm=algorithm,
+               half=ctx.half).compile()
 
 
 def blocks_in_order(ctx: Context, blocks: Blocks = BLOCKS):
