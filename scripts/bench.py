@@ -165,9 +165,9 @@ def cli_seconds(path: Path, workdir: Path) -> tuple[float, float, int]:
 
 
 def cli_verify_seconds(path: Path, workdir: Path) -> tuple[float, float, int]:
-    """``unargmax verify`` of the CLI check's report in a subprocess: (seconds, its own
+    """``unargmax verify`` of the first round's CLI report in a subprocess: (seconds, its own
     peak RSS in MB, exit code)."""
-    seconds, peak, done = cli_run(["verify", str(workdir / "round-0" / "cli-out"), "--weights", str(path)])
+    seconds, peak, done = cli_run(["verify", str(round_dir(workdir, 0) / "cli-out"), "--weights", str(path)])
     if done.returncode:
         print(done.stdout[-1000:], done.stderr[-2000:], file=sys.stderr)
     return seconds, peak, done.returncode
@@ -315,6 +315,11 @@ def parse(argv=None):
     return args
 
 
+def round_dir(workdir: Path, r: int) -> Path:
+    """Round r's directory: its CLI run's compile cache and report."""
+    return workdir / f"round-{r}"
+
+
 def first_runs(path: Path, workdir: Path, W, b, repeats: int):
     """``repeats`` rounds of (the CLI's first run with a fresh compile cache, the floor, a
     first ``check`` call in this process with JAX's caches cleared), interleaved so that
@@ -328,7 +333,7 @@ def first_runs(path: Path, workdir: Path, W, b, repeats: int):
 
     rounds = []
     for r in range(repeats):
-        run_dir = workdir / f"round-{r}"  # a fresh compile cache each round
+        run_dir = round_dir(workdir, r)  # a fresh compile cache each round
         run_dir.mkdir()
         cli, cli_peak, code = cli_seconds(path, run_dir)
         floor = all_pairs_seconds(W)
@@ -383,7 +388,7 @@ def speed(path: Path, name: str, workdir: Path, args):
     print(f"  peak RSS of this process {when} {peak:.0f} MB = "
           f"{peak / head_mb:.2f}x the head (the head held by the caller included)")
     if not args.skip_warm:
-        again, _, code = cli_seconds(path, workdir / "round-0")  # the cache directory the first run filled
+        again, _, code = cli_seconds(path, round_dir(workdir, 0))  # the cache directory the first run filled
         print(f"end to end, a later run: `unargmax check` again with the compile cache the first run wrote: "
               f"{again:.1f} s = {again / floor:.2f}x the floor (exit {code})")
         start = time.perf_counter()
